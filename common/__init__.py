@@ -1,0 +1,1 @@
+"""Small pieces every part of audiorl shares: the registry and the error types."""

@@ -1,0 +1,34 @@
+"""Writing outputs so that an interrupted run never leaves a half-written checkpoint behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
+
+    On failure the temporary directory is removed and ``path`` (if it existed) is untouched.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(path):
+        old = os.path.join(parent, f".{os.path.basename(path)}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""A name -> object registry shared by rewards, rollout backends, advantage estimators and models.
+
+Entries may be objects or lazy ``"module:attr"`` strings, so that heavy optional backends (vLLM)
+are imported only when chosen. Duplicates are refused; unknown names list the valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from audiorl.common.errors import AudioRLError, nearest
+
+T = TypeVar("T")
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module:attr"`` (or ``"package.module.attr"``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"'{path}' is not of the form 'module:name'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T | str] = {}
+
+    def register(self, name: str, obj: T | str | None = None) -> Callable[[T], T] | T | str:
+        """``registry.register("x", obj)``, ``registry.register("x", "pkg.mod:obj")`` or ``@registry.register("x")``."""
+        if obj is not None:
+            self._add(name, obj)
+            return obj
+
+        def decorator(fn: T) -> T:
+            self._add(name, fn)
+            return fn
+
+        return decorator
+
+    def _add(self, name: str, obj: T | str) -> None:
+        existing = self._entries.get(name)
+        if existing is not None and existing is not obj:
+            raise AudioRLError(f"{self.kind} '{name}' is already registered")
+        self._entries[name] = obj
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise AudioRLError(
+                f"unknown {self.kind} '{name}'{nearest(name, self._entries)}; "
+                f"registered: {', '.join(sorted(self._entries)) or '(none)'}"
+            )
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            entry = import_object(entry)
+            self._entries[name] = entry
+        return entry  # type: ignore[return-value]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)

@@ -1,0 +1,1 @@
+"""Audio I/O, the embedded synthetic data sets and dataset loading."""

@@ -1,0 +1,156 @@
+"""The one interface the rest of audiorl uses to talk to an audio LLM.
+
+An audio LLM here is: an audio encoder -> an adaptor (projector) -> a text LLM whose input
+embeddings at audio placeholder positions are replaced by the adaptor's outputs. A family
+(Qwen2-Audio, Step-Audio 2, ...) implements the few model-specific pieces: the chat format and
+placeholder expansion, the audio features, the encoder, where the adaptor and the language model
+live, and which modules LoRA targets. Everything else (rollouts, GRPO, SFT) is family-agnostic.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from audiorl.common.errors import ConfigError, DataError
+from audiorl.common.registry import Registry
+from audiorl.data.audio import Clip
+
+FAMILIES: Registry[type[AudioLM]] = Registry("model family")
+
+Messages = list[dict[str, Any]]
+
+
+def find_module(model: nn.Module, suffix: str) -> nn.Module:
+    """The submodule whose qualified name ends with ``suffix`` (works through PEFT/accelerate wrappers).
+
+    The outermost match wins, so a PEFT ``ModulesToSaveWrapper`` is returned rather than the copy
+    it wraps: calling the wrapper honours ``disable_adapter()`` for the reference forward.
+    """
+    for name, module in model.named_modules():
+        if name == suffix or name.endswith("." + suffix):
+            return module
+    raise AttributeError(f"{type(model).__name__} has no submodule '{suffix}'")
+
+
+class AudioLM(abc.ABC):
+    """A loaded audio LLM: the Hugging Face model, its processor, and the family's glue."""
+
+    family: str = ""
+    #: Module name suffixes (under the top-level model) of the audio encoder and the adaptor.
+    encoder_module: str = ""
+    projector_module: str = ""
+
+    def __init__(self, model: nn.Module, processor: Any, path: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.path = path
+
+    # ----------------------------------------------------------------- text side
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    @abc.abstractmethod
+    def audio_placeholder_id(self) -> int:
+        """The input token whose embedding positions receive audio embeddings."""
+
+    @property
+    @abc.abstractmethod
+    def special_input_token_ids(self) -> list[int]:
+        """Input-only special tokens the policy must never sample (audio placeholders, audio bos/eos...).
+
+        A sampled placeholder would desynchronise audio features and tokens and crash the loss.
+        """
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id if hasattr(self.model, "generation_config") else None
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return [ids] if isinstance(ids, int) else list(ids)
+
+    @abc.abstractmethod
+    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        """Chat-template text with one placeholder per audio part."""
+
+    @abc.abstractmethod
+    def audio_token_count(self, num_samples: int) -> int:
+        """How many placeholder tokens a clip of ``num_samples`` (16 kHz) expands to."""
+
+    @abc.abstractmethod
+    def prompt_ids(self, messages: Messages, clips: Sequence[Clip], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered prompt with each audio placeholder expanded for its clip."""
+
+    # ---------------------------------------------------------------- audio side
+    @abc.abstractmethod
+    def encode(self, model: nn.Module, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Audio-encoder outputs of ``model``'s encoder, one ``[n_tokens_i, d_enc]`` tensor per clip.
+
+        Stops before the adaptor, so that the expensive part can be cached while the adaptor trains.
+        """
+
+    def project(self, model: nn.Module, encoded: torch.Tensor) -> torch.Tensor:
+        """Adaptor: encoder outputs -> language-model embedding space."""
+        return find_module(model, self.projector_module)(encoded)
+
+    def embed(self, model: nn.Module, input_ids: torch.Tensor, audio_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the placeholder positions of each row, in order, replaced by audio embeddings.
+
+        ``audio_embeds`` lists the projected clips of the whole batch in row-major order.
+        """
+        embeds = model.get_input_embeddings()(input_ids)
+        mask = input_ids == self.audio_placeholder_id
+        n_slots = int(mask.sum())
+        if not audio_embeds:
+            if n_slots:
+                raise DataError(f"the batch has {n_slots} audio placeholder tokens but no audio was given")
+            return embeds
+        audio = torch.cat(list(audio_embeds), dim=0).to(embeds.device, embeds.dtype)
+        if audio.size(0) != n_slots:
+            raise DataError(
+                f"audio embeddings ({audio.size(0)} frames) and audio placeholder tokens ({n_slots}) do not match"
+            )
+        return embeds.masked_scatter(mask.unsqueeze(-1), audio)
+
+    # ------------------------------------------------------------------- training
+    @property
+    @abc.abstractmethod
+    def lora_target_regex(self) -> str:
+        """PEFT ``target_modules`` regex hitting the language model only (not the audio encoder)."""
+
+    def audio_encoder(self, model: nn.Module | None = None) -> nn.Module:
+        return find_module(model if model is not None else self.model, self.encoder_module)
+
+    def projector(self, model: nn.Module | None = None) -> nn.Module:
+        return find_module(model if model is not None else self.model, self.projector_module)
+
+    @abc.abstractmethod
+    def save_pretrained(self, model: nn.Module, out_dir: str) -> None:
+        """Write ``model`` (plain, un-wrapped) and the processor in the hub layout that vLLM loads."""
+
+
+def detect_family(path: str) -> str:
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
+    with open(config_path) as f:
+        model_type = json.load(f).get("model_type", "")
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"model.path '{path}' holds a '{model_type}' model; supported families: {', '.join(FAMILIES.names())}"
+        )
+    return model_type
+
+
+def load_audio_lm(path: str, dtype: str = "float32", device: str = "cpu") -> AudioLM:
+    """Load the audio LLM and processor in ``path`` (a local Hugging Face-format directory)."""
+    return FAMILIES.get(detect_family(path)).from_pretrained(path, dtype=dtype, device=device)

@@ -1,0 +1,146 @@
+"""A tiny, randomly initialised Qwen2-Audio built offline from configs (``audiorl make-tiny OUT``).
+
+Everything is made here: a byte-level BPE tokenizer trained in code on the embedded tasks' text,
+a Whisper feature extractor, the Qwen2-Audio chat template and a small random model. The output
+directory is in the hub's key layout and loads in transformers and vLLM (text head_dim is 64,
+the smallest vLLM's CPU attention accepts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+# Reasoning and answer tags are ordinary (non-special) tokens, as in Qwen tokenizers: decoding with
+# skip_special_tokens keeps them, so format rewards can see them.
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 2  # head_dim 64
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 2
+    audio_ffn: int = 128
+    window_seconds: int = 30  # Whisper's window, as in the real Qwen2-Audio
+    max_positions: int = 4096
+    # A trained LM's output layer lets it put nearly all probability on one token. At the default
+    # init (std 0.02) a 128-wide model cannot (max logit ~2.6 over ~800 tokens), and a LoRA that does
+    # not touch lm_head could never make sampling confident. This scale makes that reachable.
+    lm_head_std: float = 0.1
+
+
+def _corpus() -> list[str]:
+    from audiorl.data.synth import corpus_text
+    from audiorl.model.qwen2_audio import CHAT_TEMPLATE
+
+    lines = corpus_text()
+    lines += [
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nAudio 1: ",
+        "<|im_end|>\n<|im_start|>assistant\n",
+        CHAT_TEMPLATE,
+        "0 1 2 3 4 5 6 7 8 9 10 100 1000 . , ; : ! ? ' \" ( ) [ ] - + * / = % & # @ $",
+    ]
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """Byte-level BPE with Qwen2's pre-tokenizer, trained deterministically on the embedded text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(TAG_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    vocab = bpe.get_vocab()
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+    )
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    return tok
+
+
+def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
+    """Write a tiny random Qwen2-Audio (model, tokenizer, processor) to ``out_dir``; returns it."""
+    from transformers import (
+        GenerationConfig,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    from audiorl.model.qwen2_audio import CHAT_TEMPLATE, Qwen2AudioLM
+
+    tokenizer = build_tokenizer(spec.vocab_size)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=spec.window_seconds)
+    processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
+    vocab = -(-len(tokenizer) // 64) * 64  # rows for every token, rounded up like real checkpoints
+    config = Qwen2AudioConfig(
+        audio_config={
+            "model_type": "qwen2_audio_encoder",
+            "d_model": spec.audio_d_model,
+            "encoder_layers": spec.audio_layers,
+            "encoder_attention_heads": spec.audio_heads,
+            "encoder_ffn_dim": spec.audio_ffn,
+            "num_mel_bins": 128,
+            "max_source_positions": spec.window_seconds * 50,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": vocab,
+            "hidden_size": spec.hidden_size,
+            "intermediate_size": spec.intermediate_size,
+            "num_hidden_layers": spec.num_layers,
+            "num_attention_heads": spec.num_heads,
+            "num_key_value_heads": spec.num_heads,
+            "max_position_embeddings": spec.max_positions,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": False,
+            "eos_token_id": eos_ids,
+            "pad_token_id": pad_id,
+            "bos_token_id": None,
+        },
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    config.pad_token_id = pad_id
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, spec.lm_head_std)
+    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id, bos_token_id=None)
+
+    Qwen2AudioLM(model, processor).save_pretrained(model, out_dir)
+    return os.path.abspath(out_dir)

@@ -1,0 +1,132 @@
+"""Built-in rewards. Each takes the completions and the dataset columns it names; one value per completion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jiwer
+
+from audiorl.rewards.registry import reward
+from audiorl.rewards.text import answer_span, as_text, has_cjk, normalize, thinking
+
+CJK_LANGUAGES = {"zh", "cmn", "yue", "ja", "jp", "zh-cn", "zh-tw"}
+
+
+def _labels(label: object) -> list[str]:
+    if isinstance(label, (list, tuple)):
+        return [normalize(str(x)) for x in label]
+    return [normalize(str(label))]
+
+
+@reward("label_accuracy")
+def label_accuracy(completions: Sequence, label: Sequence, **_) -> list[float]:
+    """1.0 when the answer matches the label, else 0.0.
+
+    The answer is the last ``<answer>...</answer>`` block, or else the final word(s) of the text
+    after the thinking; the comparison ignores case, width and punctuation. ``label`` may be a
+    list of acceptable answers.
+
+    >>> label_accuracy(["<think>hm</think><answer>High.</answer>", "it is low", "<answer>low</answer>"], ["high", "low", "high"])
+    [1.0, 1.0, 0.0]
+    """
+    scores = []
+    for completion, gold in zip(completions, label, strict=True):
+        answer, tagged = answer_span(as_text(completion))
+        words = normalize(answer).split()
+        ok = False
+        for target in _labels(gold):
+            target_words = target.split()
+            if tagged:
+                ok |= words == target_words
+            else:
+                ok |= bool(target_words) and words[-len(target_words) :] == target_words
+        scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+@reward("cot_format")
+def cot_format(completions: Sequence, **_) -> list[float]:
+    """1.0 for ``<think>non-empty</think>`` followed by a non-empty answer (tags, if used, balanced), else 0.0.
+
+    >>> cot_format(["<think>a</think><answer>b</answer>", "<think></think>b", "b", "<think>a</think>"])
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    scores = []
+    for completion in completions:
+        text = as_text(completion).strip()
+        ok = (
+            text.startswith("<think>")
+            and text.count("<think>") == 1
+            and text.count("</think>") == 1
+            and bool((thinking(text) or "").strip())
+        )
+        if ok:
+            after = text.split("</think>", 1)[1]
+            opened, closed = after.count("<answer>"), after.count("</answer>")
+            answer, _ = answer_span(text)
+            ok = opened == closed <= 1 and bool(answer.strip())
+            if ok and opened:
+                ok = after.strip().startswith("<answer>") and after.strip().endswith("</answer>")
+        scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+def _length(text: str, unit: str) -> int:
+    if unit == "chars":
+        return len(text.strip())
+    if unit == "words":  # CJK characters count as words: Chinese has no spaces
+        return sum(len(w) if has_cjk(w) else 1 for w in text.split())
+    raise ValueError(f"think_length: unit must be 'words' or 'chars', got '{unit}'")
+
+
+@reward("think_length")
+def think_length(completions: Sequence, max_length: int = 256, unit: str = "words", **_) -> list[float]:
+    """Step-Audio 2's first PPO stage: 1.0 if the thinking is neither empty nor over ``max_length``, else 0.0.
+
+    >>> think_length(["<think>one two</think>x", "<think> </think>x", "no thinking"], max_length=1)
+    [0.0, 0.0, 0.0]
+    >>> think_length(["<think>one two</think>x"], max_length=2)
+    [1.0]
+    """
+    scores = []
+    for completion in completions:
+        thought = thinking(as_text(completion))
+        n = _length(thought, unit) if thought is not None else 0
+        scores.append(1.0 if 0 < n <= max_length else 0.0)
+    return scores
+
+
+def _uses_cer(reference: str, language: object) -> bool:
+    if isinstance(language, str) and language:
+        return language.lower() in CJK_LANGUAGES
+    return has_cjk(reference)
+
+
+def error_rate(reference: str, hypothesis: str, cer: bool) -> float:
+    """WER (or CER) of normalised text; an empty reference scores 0 if the hypothesis is empty too, else 1."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if cer:
+        ref, hyp = ref.replace(" ", ""), hyp.replace(" ", "")
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    if not hyp:
+        return 1.0
+    return float(jiwer.cer(ref, hyp) if cer else jiwer.wer(ref, hyp))
+
+
+@reward("asr_correctness")
+def asr_correctness(completions: Sequence, transcript: Sequence, language: Sequence | None = None, **_) -> list[float]:
+    """1 - WER (CER for Chinese/Japanese), clipped to [0, 1], on normalised text.
+
+    The hypothesis is the ``<answer>`` block if there is one, else the text after the thinking.
+
+    >>> asr_correctness(["<answer>The cat sat.</answer>", "the dog sat"], ["the cat sat", "the cat sat"])
+    [1.0, 0.6666666666666667]
+    """
+    languages = language if language is not None else [None] * len(completions)
+    scores = []
+    for completion, ref, lang in zip(completions, transcript, languages, strict=True):
+        hyp, _ = answer_span(as_text(completion))
+        rate = error_rate(str(ref), hyp, _uses_cer(str(ref), lang))
+        scores.append(max(0.0, 1.0 - rate))
+    return scores

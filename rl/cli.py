@@ -1,0 +1,103 @@
+"""The ``audiorl`` command.
+
+  audiorl train RECIPE [key=value ...]      train as the recipe says (RECIPE: a YAML path or a bundled name)
+  audiorl validate RECIPE [key=value ...]   check a recipe without loading anything heavy
+  audiorl make-tiny OUT [--seed N]          write the tiny random Qwen2-Audio used by tests and the quickstart
+  audiorl make-data OUT [--task pitch|speech] [--seed N] ...   write an embedded data set
+  audiorl recipes                           list the bundled recipes
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+
+from audiorl.common.errors import AudioRLError, ConfigError
+
+
+def bundled_recipes() -> dict[str, str]:
+    folder = resources.files("audiorl.recipes")
+    return {p.name.removesuffix(".yaml"): str(p) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_recipe(name: str) -> str:
+    if os.path.isfile(name):
+        return name
+    bundled = bundled_recipes()
+    key = name.removeprefix("recipes/").removesuffix(".yaml")
+    if key in bundled:
+        return bundled[key]
+    raise ConfigError(f"recipe '{name}' is neither a file nor a bundled recipe ({', '.join(sorted(bundled))})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audiorl", description="RL post-training for audio language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "train as a recipe says"), ("validate", "check a recipe, load nothing heavy")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="recipe YAML path or bundled recipe name")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=10")
+    p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-Audio (model, tokenizer, processor)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("make-data", help="write an embedded data set (audio + train/eval files)")
+    p.add_argument("out")
+    p.add_argument("--task", choices=["pitch", "speech"], default="pitch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--n-eval", type=int, default=64)
+    p.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    sub.add_parser("recipes", help="list the bundled recipes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Models and data come from local files or are built here: never from a hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except AudioRLError as exc:
+        print(f"audiorl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in ("train", "validate"):
+        from audiorl.rl.config import load_recipe, to_yaml
+
+        config = load_recipe(resolve_recipe(args.recipe), args.overrides)
+        if args.command == "validate":
+            print(to_yaml(config))
+            print(f"{args.recipe}: OK")
+            return 0
+        from audiorl.rl.train import train
+
+        train(config)
+        return 0
+    if args.command == "make-tiny":
+        from audiorl.model.tiny import build_tiny_qwen2_audio
+
+        print(build_tiny_qwen2_audio(args.out, seed=args.seed))
+        return 0
+    if args.command == "make-data":
+        from audiorl.data.synth import make_dataset
+
+        paths = make_dataset(args.out, args.task, seed=args.seed, n_train=args.n_train, n_eval=args.n_eval, fmt=args.format)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+        return 0
+    if args.command == "recipes":
+        for name, path in sorted(bundled_recipes().items()):
+            print(f"{name}\t{path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The recipe schema: typed dataclasses, loaded from YAML + ``key=value`` overrides and validated
+before anything heavy (a model, an audio encoder, vLLM) loads.
+
+Errors name the key path; an unknown key also names the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from audiorl.common.errors import ConfigError, nearest
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING  # local Hugging Face-format directory of the audio LLM
+    build_tiny: bool = False  # write audiorl's tiny random Qwen2-Audio to `path` first if it is not there
+    tiny_seed: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    freeze_audio_encoder: bool = True  # as in Step-Audio 2; frozen encoder outputs are cached across steps
+    train_projector: bool = False  # also train the audio adaptor (saved with the LoRA adapter)
+    audio_cache_mb: int = 1024  # memory for cached audio-encoder outputs
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Optional[str] = None  # regex over module names; default: the language model's projections
+
+
+@dataclass
+class SynthConfig:
+    task: str = "pitch"  # pitch | speech
+    seed: int = 0
+    n_train: int = 256
+    n_eval: int = 64
+
+
+@dataclass
+class DataConfig:
+    train: str = MISSING  # .jsonl / .json / .parquet / .csv; audio paths relative to the file
+    eval: Optional[str] = None
+    synthesize: Optional[SynthConfig] = None  # write the embedded data set first if `train` is not there
+    audio_column: str = "audio"
+    prompt_column: str = "prompt"
+    system_prompt: Optional[str] = None
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    on_bad_audio: str = "raise"  # raise | skip (skip drops rows whose audio is missing or unreadable, and reports them)
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf (transformers generate); vllm comes with the vLLM issue
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 64  # sequences per generate call
+
+
+@dataclass
+class RewardSpec:
+    name: str = MISSING  # registered name (label_accuracy, cot_format, think_length, asr_correctness) or module:function
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    alias: Optional[str] = None  # name used in logs (default: the function's name)
+
+
+@dataclass
+class SFTStageConfig:
+    enabled: bool = False
+    completion_template: str = "{completion}"  # formatted with the row's columns
+    shuffle_labels: bool = False  # shuffle `label` across rows: learn the answer format, not the audio
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_samples: Optional[int] = None
+    logging_steps: int = 5
+
+
+@dataclass
+class GRPOStageConfig:
+    enabled: bool = True
+    max_steps: int = 100
+    prompts_per_step: int = 8  # unique prompts per optimizer step
+    num_generations: int = 8  # completions per prompt (the group)
+    micro_batch_size: int = 32  # completions per forward/backward
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.0  # KL to the reference model (0: no reference forward)
+    epsilon: float = 0.2  # PPO clip
+    num_iterations: int = 1  # optimisation passes per generation batch
+    loss_type: str = "dapo"  # TRL loss: grpo | dr_grpo | dapo | bnpo
+    advantage: str = "grpo"  # advantage estimator: grpo | dr_grpo | rloo
+    logging_steps: int = 1
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 10  # held-out greedy evaluation during GRPO (0: only before and after)
+    batch_size: int = 64
+    max_new_tokens: Optional[int] = None  # default: rollout.max_new_tokens
+
+
+@dataclass
+class RecipeConfig:
+    seed: int = 0
+    output_dir: str = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    threads: Optional[int] = None  # torch CPU threads (default: torch's choice)
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.on_bad_audio": ("raise", "skip"),
+    "data.synthesize.task": ("pitch", "speech"),
+    "grpo.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
+    "grpo.lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),
+}
+
+
+# ---------------------------------------------------------------------- loading
+def _valid_keys(schema: Any, path: list[str]) -> list[str]:
+    node = schema
+    for part in path:
+        if dataclasses.is_dataclass(node):
+            node = getattr(node, part, None) if not isinstance(node, type) else None
+        else:
+            return []
+    if dataclasses.is_dataclass(node):
+        return [f.name for f in dataclasses.fields(node)]
+    return []
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, ConfigKeyError) and key:
+        parent, _, leaf = key.rpartition(".")
+        parent_path = [p for p in parent.split(".") if p and not p.isdigit()] if parent else []
+        if parent.split(".")[0:1] == ["rewards"]:
+            valid = [f.name for f in dataclasses.fields(RewardSpec)]
+        else:
+            valid = _valid_keys(RecipeConfig(), parent_path)
+        return ConfigError(f"{source}: unknown key '{key}'{nearest(leaf, valid)}; valid keys here: {', '.join(valid)}")
+    if isinstance(exc, MissingMandatoryValue):
+        return ConfigError(f"{source}: '{key}' is required but not set")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return ConfigError(f"{source}: '{key}': {msg}")
+    return ConfigError(f"{source}: {str(exc).splitlines()[0]}" + (f" (key '{key}')" if key else ""))
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad override: {exc}") from exc
+
+
+def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Merge the schema defaults, the YAML at ``path`` and ``key=value`` overrides; then validate."""
+    schema = OmegaConf.structured(RecipeConfig)
+    merged = schema
+    source = path or "<defaults>"
+    try:
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ConfigError(f"recipe '{path}' does not exist")
+            loaded = OmegaConf.load(path)
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+            merged = OmegaConf.merge(merged, loaded)
+        if overrides:
+            source = f"{source} + overrides"
+            merged = OmegaConf.merge(merged, _parse_overrides(overrides))
+        OmegaConf.resolve(merged)
+        config: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source) from None
+    validate(config)
+    return config
+
+
+def to_yaml(config: RecipeConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+# ------------------------------------------------------------------- validating
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if config is None:
+            return None
+        config = getattr(config, part)
+    return config
+
+
+def validate(config: RecipeConfig) -> None:
+    """Cross-field rules, choices, names and files. Raises ConfigError; loads nothing heavy."""
+    for key, choices in CHOICES.items():
+        value = _get(config, key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"'{key}' is '{value}'{nearest(str(value), choices)}; choose one of: {', '.join(choices)}")
+
+    positive = {
+        "grpo.max_steps": config.grpo.max_steps,
+        "grpo.prompts_per_step": config.grpo.prompts_per_step,
+        "grpo.num_generations": config.grpo.num_generations,
+        "grpo.micro_batch_size": config.grpo.micro_batch_size,
+        "grpo.num_iterations": config.grpo.num_iterations,
+        "rollout.max_new_tokens": config.rollout.max_new_tokens,
+        "rollout.batch_size": config.rollout.batch_size,
+        "sft.batch_size": config.sft.batch_size,
+        "eval.batch_size": config.eval.batch_size,
+        "lora.r": config.lora.r,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {value}")
+    if config.grpo.enabled:
+        if config.grpo.num_generations < 2:
+            raise ConfigError("'grpo.num_generations' must be at least 2: GRPO compares completions within a group")
+        completions = config.grpo.prompts_per_step * config.grpo.num_generations
+        if completions % config.grpo.micro_batch_size:
+            raise ConfigError(
+                f"'grpo.micro_batch_size' ({config.grpo.micro_batch_size}) must divide prompts_per_step x "
+                f"num_generations ({completions})"
+            )
+    if config.rollout.temperature < 0:
+        raise ConfigError("'rollout.temperature' must be >= 0 (0 is greedy)")
+    if config.grpo.enabled and config.rollout.temperature == 0:
+        raise ConfigError("'rollout.temperature' is 0 (greedy): GRPO needs sampled completions that differ")
+    if not 0 < config.rollout.top_p <= 1:
+        raise ConfigError(f"'rollout.top_p' must be in (0, 1], got {config.rollout.top_p}")
+    if config.eval.every_steps < 0:
+        raise ConfigError("'eval.every_steps' must be >= 0")
+    from audiorl.rl.algos import ADVANTAGES
+    from audiorl.rollouts.base import ROLLOUT_BACKENDS
+
+    if config.grpo.advantage not in ADVANTAGES:
+        raise ConfigError(
+            f"'grpo.advantage' is '{config.grpo.advantage}'{nearest(config.grpo.advantage, ADVANTAGES.names())}; "
+            f"choose one of: {', '.join(ADVANTAGES.names())}"
+        )
+    if config.rollout.backend not in ROLLOUT_BACKENDS:
+        names = ROLLOUT_BACKENDS.names()
+        raise ConfigError(
+            f"'rollout.backend' is '{config.rollout.backend}'{nearest(config.rollout.backend, names)}; "
+            f"choose one of: {', '.join(names)}"
+        )
+    if config.grpo.enabled and not config.rewards:
+        raise ConfigError("'rewards' is empty: GRPO needs at least one reward")
+    if config.rewards:
+        from audiorl.rewards import RewardSet
+
+        try:
+            RewardSet(config.rewards)
+        except ConfigError as exc:
+            raise ConfigError(f"rewards: {exc}") from None
+        except Exception as exc:  # registry errors name the reward and the registered ones
+            raise ConfigError(f"rewards: {exc}") from None
+
+    model_dir = config.model.path
+    if not config.model.build_tiny and not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ConfigError(
+            f"'model.path': '{model_dir}' is not a Hugging Face model directory (no config.json); "
+            "set model.build_tiny=true to build the tiny test model there"
+        )
+    for key in ("train", "eval"):
+        path = getattr(config.data, key)
+        if path is None:
+            continue
+        if config.data.synthesize is None and not os.path.isfile(path):
+            raise ConfigError(f"'data.{key}': '{path}' does not exist")
+        if not path.endswith((".jsonl", ".json", ".parquet", ".csv")):
+            raise ConfigError(f"'data.{key}': '{path}' must be .jsonl, .json, .parquet or .csv")

@@ -1,0 +1,70 @@
+"""The rollout-engine contract: n completions per prompt with audio -> token ids, text, log-probs.
+
+``rl/`` only talks to this interface and picks a backend by name from ``ROLLOUT_BACKENDS``;
+backends are registered as dotted strings so that heavy ones (vLLM) are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from audiorl.common.registry import Registry
+from audiorl.data.audio import Clip
+
+ROLLOUT_BACKENDS: Registry[type["RolloutEngine"]] = Registry("rollout backend")
+ROLLOUT_BACKENDS.register("hf", "audiorl.rollouts.hf:HFRolloutEngine")
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """One prompt: its token ids (audio placeholders already expanded) and its clips, in placeholder order."""
+
+    prompt_ids: list[int]
+    clips: list[Clip] = field(default_factory=list)
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # includes the stop token when one was produced
+    text: str  # decoded without special tokens
+    logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
+    finished: bool  # ended with a stop token (False: cut at max_new_tokens)
+
+
+class RolloutEngine(abc.ABC):
+    """Generates completions from the current policy. Constructed as ``Engine(lm, embedder, **options)``."""
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[RolloutRequest], params: SamplingParams) -> list[list[Completion]]:
+        """``request.n`` completions for every request, in order."""
+
+    def update_weights(self, named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """Make the engine sample from the trainer's current weights (after each optimizer step)."""
+
+    def release(self) -> None:
+        """Free memory while the trainer steps (e.g. vLLM sleep mode)."""
+
+    def resume(self) -> None:
+        """Undo ``release`` before the next generation."""
+
+
+def build_rollout_engine(backend: str, lm: Any, embedder: Any, **options: Any) -> RolloutEngine:
+    return ROLLOUT_BACKENDS.get(backend)(lm, embedder, **options)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import soxr
-
 from audiorl.common.errors import AudioLoadError
 
 SAMPLE_RATE = 16_000
@@ -86,9 +85,9 @@ class Clip:
 class AudioStore:
     """Registers clips (files or arrays) once and serves their waveforms by content key.
 
-    Waveforms stay in memory up to ``max_bytes`` (least recently used go first) and are decoded
-    again on demand; a file's key is memoised by (path, size, mtime), so an unchanged file is not
-    hashed twice.
+    File waveforms stay in memory up to ``max_bytes`` (least recently used go first) and are
+    decoded again on demand; a file's key is memoised by (path, size, mtime), so an unchanged file
+    is not hashed twice. Arrays given in memory are kept: there is nothing to reload them from.
     """
 
     def __init__(self, max_bytes: int = 1 << 30):
@@ -97,6 +96,7 @@ class AudioStore:
         self._bytes = 0
         self._sources: dict[str, str] = {}
         self._file_keys: dict[tuple[str, int, int], Clip] = {}
+        self._arrays: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def add_file(self, path: str | os.PathLike, row: int | None = None) -> Clip:
@@ -122,11 +122,14 @@ class AudioStore:
             raise AudioLoadError(f"audio {source} contains NaN or infinite samples")
         wave = pad_short(resample(wave, sr), source=source)
         clip = Clip(content_key(wave), source, int(wave.size))
-        self._remember(clip.key, wave, source)
+        with self._lock:
+            self._arrays[clip.key] = wave
         return clip
 
     def wave(self, clip: Clip) -> np.ndarray:
         with self._lock:
+            if clip.key in self._arrays:
+                return self._arrays[clip.key]
             wave = self._waves.get(clip.key)
             if wave is not None:
                 self._waves.move_to_end(clip.key)

@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import soundfile as sf
-
 from audiorl.common.errors import DataError
 
 log = logging.getLogger(__name__)

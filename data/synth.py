@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
-
 from audiorl.data.audio import SAMPLE_RATE, resample, save_audio
 
 PITCH_PROMPTS = [

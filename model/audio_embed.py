@@ -19,10 +19,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-
 from audiorl.data.audio import AudioStore, Clip
 from audiorl.model.base import AudioLM
+from torch import nn
 
 
 class AudioEmbedder:

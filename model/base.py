@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from audiorl.common.errors import ConfigError, DataError
 from audiorl.common.registry import Registry
 from audiorl.data.audio import Clip
+from torch import nn
 
 FAMILIES: Registry[type[AudioLM]] = Registry("model family")
 

@@ -10,12 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-from torch import nn
-
 from audiorl.common.errors import DataError
 from audiorl.data.audio import SAMPLE_RATE, Clip
 from audiorl.model.base import FAMILIES, AudioLM, Messages, find_module
+from safetensors.torch import save_file
+from torch import nn
 
 # transformers >= 5 nests the modules as model.{audio_tower,multi_modal_projector,language_model} + lm_head;
 # the hub checkpoints (and vLLM's loader) use the original layout below.
@@ -160,6 +159,7 @@ class Qwen2AudioLM(AudioLM):
         os.makedirs(out_dir, exist_ok=True)
         state = {to_hub_key(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
         model.config.save_pretrained(out_dir)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(out_dir)

@@ -91,6 +91,7 @@ def build_tokenizer(vocab_size: int = 1024):
 
 def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
     """Write a tiny random Qwen2-Audio (model, tokenizer, processor) to ``out_dir``; returns it."""
+    from audiorl.model.qwen2_audio import CHAT_TEMPLATE, Qwen2AudioLM
     from transformers import (
         GenerationConfig,
         Qwen2AudioConfig,
@@ -98,8 +99,6 @@ def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpe
         Qwen2AudioProcessor,
         WhisperFeatureExtractor,
     )
-
-    from audiorl.model.qwen2_audio import CHAT_TEMPLATE, Qwen2AudioLM
 
     tokenizer = build_tokenizer(spec.vocab_size)
     feature_extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=spec.window_seconds)
@@ -136,6 +135,7 @@ def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpe
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     config.pad_token_id = pad_id
+    config.eos_token_id = eos_ids[0]  # what the tokenizer calls eos (Trainer re-aligns them otherwise)
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
     with torch.no_grad():

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from audiorl.common.errors import ConfigError, RewardError
 from audiorl.rewards.registry import RewardFn, check_signature, required_columns, resolve_reward
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jiwer
-
 from audiorl.rewards.registry import reward
 from audiorl.rewards.text import answer_span, as_text, has_cjk, normalize, thinking
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
 from audiorl.common.registry import Registry
 
 AdvantageFn = Callable[[torch.Tensor, int], torch.Tensor]

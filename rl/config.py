@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
-
 from audiorl.common.errors import ConfigError, nearest
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 
 @dataclass
@@ -154,11 +160,11 @@ def _valid_keys(schema: Any, path: list[str]) -> list[str]:
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or ""
-    if isinstance(exc, ConfigKeyError) and key:
+    key = re.sub(r"\[(\d+)\]", r".\1", getattr(exc, "full_key", None) or "")
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
         parent, _, leaf = key.rpartition(".")
         parent_path = [p for p in parent.split(".") if p and not p.isdigit()] if parent else []
-        if parent.split(".")[0:1] == ["rewards"]:
+        if parent_path[:1] == ["rewards"]:
             valid = [f.name for f in dataclasses.fields(RewardSpec)]
         else:
             valid = _valid_keys(RecipeConfig(), parent_path)
@@ -171,14 +177,14 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: {str(exc).splitlines()[0]}" + (f" (key '{key}')" if key else ""))
 
 
-def _parse_overrides(overrides: list[str]) -> DictConfig:
+def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
+    """``key=value`` (YAML-typed value; list items by index: ``rewards.0.weight=0.5``)."""
     for item in overrides:
-        if "=" not in item or item.startswith("="):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
-    try:
-        return OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad override: {exc}") from exc
+        value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
+        OmegaConf.update(config, key, value, merge=True)
 
 
 def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:
@@ -196,7 +202,7 @@ def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> 
             merged = OmegaConf.merge(merged, loaded)
         if overrides:
             source = f"{source} + overrides"
-            merged = OmegaConf.merge(merged, _parse_overrides(overrides))
+            _apply_overrides(merged, overrides)
         OmegaConf.resolve(merged)
         config: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:

@@ -21,9 +21,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
-
 from audiorl.data.audio import Clip
 from audiorl.model.audio_embed import AudioEmbedder
 from audiorl.model.base import AudioLM
@@ -32,6 +29,8 @@ from audiorl.rewards.text import as_text
 from audiorl.rl.algos import ADVANTAGES
 from audiorl.rl.prompts import PromptEncoder, clean_messages
 from audiorl.rollouts.base import RolloutEngine, SamplingParams
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
 
 # Reward kwargs TRL adds for its own reward functions; not dataset columns.
 _TRL_REWARD_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
@@ -71,6 +70,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self.advantage_fn = ADVANTAGES.get(advantage)
         self._audio_rows: Sequence[Sequence[Clip]] | None = None
         self._last_rewards: torch.Tensor | None = None
+        self._synced_step = -1  # the optimizer step whose weights the rollout engine holds
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the documented generation seam
         super().__init__(
             model=lm.model,
@@ -115,7 +115,14 @@ class AudioGRPOTrainer(GRPOTrainer):
             else:
                 groups.append((messages, 1))
         requests = [self.prompt_encoder.request(m, n=n) for m, n in groups]
-        results = self.engine.generate(requests, self.sampling)
+        if self._synced_step != self.state.global_step:
+            self.engine.update_weights(self.model)
+            self._synced_step = self.state.global_step
+        self.engine.resume()
+        try:
+            results = self.engine.generate(requests, self.sampling)
+        finally:
+            self.engine.release()
         prompt_ids, completion_ids, logprobs = [], [], []
         for request, completions in zip(requests, results):
             for completion in completions:

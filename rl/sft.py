@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from trl import SFTTrainer
-
 from audiorl.model.audio_embed import AudioEmbedder
 from audiorl.rl.prompts import PromptEncoder, clean_messages
+from trl import SFTTrainer
 
 
 class AudioSFTCollator:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from audiorl.common.errors import ConfigError
 from audiorl.rl.config import RecipeConfig, to_yaml
 
@@ -118,7 +117,7 @@ def open_session(config: RecipeConfig) -> Session:
     store = AudioStore()
     embedder = AudioEmbedder(lm, store, cache_bytes=config.model.audio_cache_mb << 20)
     prompts = PromptEncoder(lm, store)
-    engine = build_rollout_engine(config.rollout.backend, lm, embedder, batch_size=config.rollout.batch_size)
+    engine = build_rollout_engine(config.rollout.backend, lm, embedder, config.rollout)
     os.makedirs(config.output_dir, exist_ok=True)
     return Session(
         config=config, device=device, lm=lm, store=store, embedder=embedder, prompts=prompts, engine=engine,
@@ -191,13 +190,11 @@ def sft_rows(s: Session) -> list[dict]:
     return out
 
 
-def run_sft(s: Session) -> None:
+def build_sft_trainer(s: Session):
     import datasets
-    from trl import SFTConfig
-
-    from audiorl.common.io import atomic_dir
     from audiorl.rl.metrics import TrainerMetrics
     from audiorl.rl.sft import AudioSFTCollator, AudioSFTTrainer
+    from trl import SFTConfig
 
     cfg = s.config.sft
     seed_everything(s.config.seed)
@@ -213,7 +210,7 @@ def run_sft(s: Session) -> None:
         dataset_kwargs={"skip_prepare_dataset": True},
         **trainer_precision(s),
     )
-    trainer = AudioSFTTrainer(
+    return AudioSFTTrainer(
         embedder=s.embedder,
         model=s.lm.model,
         args=args,
@@ -222,6 +219,12 @@ def run_sft(s: Session) -> None:
         data_collator=AudioSFTCollator(s.prompts),
         callbacks=[TrainerMetrics(s.metrics, "sft")],
     )
+
+
+def run_sft(s: Session) -> None:
+    from audiorl.common.io import atomic_dir
+
+    trainer = build_sft_trainer(s)
     start = time.perf_counter()
     trainer.train()
     s.timings["sft_s"] = time.perf_counter() - start
@@ -238,6 +241,7 @@ def run_eval(s: Session, step: int, name: str) -> dict[str, float]:
     if not s.eval_rows:
         return {}
     start = time.perf_counter()
+    s.engine.update_weights(s.lm.model)
     results = evaluate(
         s.eval_rows, s.prompts, s.engine, s.rewards,
         max_new_tokens=s.config.eval.max_new_tokens or s.config.rollout.max_new_tokens,
@@ -249,14 +253,13 @@ def run_eval(s: Session, step: int, name: str) -> dict[str, float]:
     return results
 
 
-def run_grpo(s: Session) -> None:
+def build_grpo_trainer(s: Session):
     import datasets
-    from transformers import TrainerCallback
-    from trl import GRPOConfig
-
     from audiorl.rl.grpo import AudioGRPOTrainer
     from audiorl.rl.metrics import TrainerMetrics
     from audiorl.rollouts import SamplingParams
+    from transformers import TrainerCallback
+    from trl import GRPOConfig
 
     cfg, rollout = s.config.grpo, s.config.rollout
     seed_everything(s.config.seed)
@@ -292,7 +295,7 @@ def run_grpo(s: Session) -> None:
             if every and state.global_step % every == 0 and state.global_step < cfg.max_steps:
                 run_eval(s, state.global_step, f"step{state.global_step}")
 
-    trainer = AudioGRPOTrainer(
+    return AudioGRPOTrainer(
         lm=s.lm,
         embedder=s.embedder,
         prompts=s.prompts,
@@ -304,6 +307,10 @@ def run_grpo(s: Session) -> None:
         train_dataset=datasets.Dataset.from_list(s.train_rows),
         callbacks=[TrainerMetrics(s.metrics, "grpo"), PeriodicEval()],
     )
+
+
+def run_grpo(s: Session) -> None:
+    trainer = build_grpo_trainer(s)
     start = time.perf_counter()
     trainer.train()
     s.timings["grpo_s"] = time.perf_counter() - start
@@ -311,16 +318,16 @@ def run_grpo(s: Session) -> None:
 
 # --------------------------------------------------------------------- outputs
 def save_outputs(s: Session) -> dict[str, str]:
-    from peft import PeftModel
-
     from audiorl.common.io import atomic_dir
+    from peft import PeftModel
 
     out = os.path.abspath(s.config.output_dir)
     paths = {}
     if isinstance(s.lm.model, PeftModel):
         paths["adapter"] = os.path.join(out, "adapter")
         with atomic_dir(paths["adapter"]) as tmp:
-            s.lm.model.save_pretrained(tmp)
+            # only the trained adapter: TRL adds a frozen "ref" copy when beta > 0
+            s.lm.model.save_pretrained(tmp, selected_adapters=["default"])
         merge_lora(s)
     paths["merged"] = os.path.join(out, "merged")
     with atomic_dir(paths["merged"]) as tmp:
@@ -336,7 +343,6 @@ def _sampled_reward_window(s: Session, last: bool, n: int = 10) -> float:
 
 def train(config: RecipeConfig) -> dict[str, Any]:
     import torch
-
     from audiorl.rl.metrics import before_after_table, plot_rewards
 
     started = time.perf_counter()

@@ -7,14 +7,13 @@ backends are registered as dotted strings so that heavy ones (vLLM) are imported
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from audiorl.common.registry import Registry
 from audiorl.data.audio import Clip
+from torch import nn
 
 ROLLOUT_BACKENDS: Registry[type["RolloutEngine"]] = Registry("rollout backend")
 ROLLOUT_BACKENDS.register("hf", "audiorl.rollouts.hf:HFRolloutEngine")
@@ -50,14 +49,24 @@ class Completion:
 
 
 class RolloutEngine(abc.ABC):
-    """Generates completions from the current policy. Constructed as ``Engine(lm, embedder, **options)``."""
+    """Generates completions from the current policy.
+
+    Constructed as ``Engine(lm, embedder, config)`` with the recipe's ``rollout`` section. The
+    trainer calls ``update_weights`` whenever the policy changed since the last generation (after
+    optimizer steps, after SFT), and ``resume``/``release`` around each generation.
+    """
+
+    def __init__(self, lm: Any, embedder: Any, config: Any = None):
+        self.lm = lm
+        self.embedder = embedder
+        self.config = config
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[RolloutRequest], params: SamplingParams) -> list[list[Completion]]:
         """``request.n`` completions for every request, in order."""
 
-    def update_weights(self, named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
-        """Make the engine sample from the trainer's current weights (after each optimizer step)."""
+    def update_weights(self, model: nn.Module) -> None:
+        """Sample from ``model``'s current weights from now on (a LoRA policy: its merged weights)."""
 
     def release(self) -> None:
         """Free memory while the trainer steps (e.g. vLLM sleep mode)."""
@@ -66,5 +75,5 @@ class RolloutEngine(abc.ABC):
         """Undo ``release`` before the next generation."""
 
 
-def build_rollout_engine(backend: str, lm: Any, embedder: Any, **options: Any) -> RolloutEngine:
-    return ROLLOUT_BACKENDS.get(backend)(lm, embedder, **options)
+def build_rollout_engine(backend: str, lm: Any, embedder: Any, config: Any = None) -> RolloutEngine:
+    return ROLLOUT_BACKENDS.get(backend)(lm, embedder, config)

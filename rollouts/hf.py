@@ -10,25 +10,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import GenerationConfig
-
 from audiorl.model.audio_embed import AudioEmbedder
 from audiorl.model.base import AudioLM
 from audiorl.rollouts.base import Completion, RolloutEngine, RolloutRequest, SamplingParams
+from transformers import GenerationConfig
 
 
 class HFRolloutEngine(RolloutEngine):
-    def __init__(self, lm: AudioLM, embedder: AudioEmbedder, batch_size: int = 64, **_: object):
-        self.lm = lm
-        self.embedder = embedder
-        self.batch_size = batch_size
+    """Generates with the trainer's own module, so ``update_weights`` has nothing to do."""
+
+    def __init__(self, lm: AudioLM, embedder: AudioEmbedder, config: object = None):
+        super().__init__(lm, embedder, config)
+        self.batch_size = getattr(config, "batch_size", 64)
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         tok = self.lm.tokenizer
         sampling = {} if params.greedy else {
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "top_k": params.top_k or None,
+            "top_k": params.top_k,  # 0 disables it (None would fall back to transformers' default of 50)
         }
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,

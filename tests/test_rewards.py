@@ -1,0 +1,201 @@
+"""Reward registry, built-ins, aggregation and the errors for misbehaving rewards."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from types import SimpleNamespace
+
+import audiorl.rewards.builtin as builtin
+import numpy as np
+import pytest
+from audiorl.common.errors import AudioRLError, ConfigError, RewardError
+from audiorl.rewards import REWARDS, RewardSet, resolve_reward, reward
+from audiorl.rewards.builtin import asr_correctness, cot_format, label_accuracy, think_length
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def spec(name, weight=1.0, **kwargs):
+    return SimpleNamespace(name=name, weight=weight, kwargs=kwargs, alias=None)
+
+
+def test_builtin_docstring_examples():
+    assert doctest.testmod(builtin).failed == 0
+
+
+def test_builtins_are_registered():
+    assert {"label_accuracy", "cot_format", "think_length", "asr_correctness"} <= set(REWARDS.names())
+
+
+@pytest.mark.parametrize(
+    "completion,label,expected",
+    [
+        ("<think>x</think><answer>HIGH</answer>", "high", 1.0),
+        ("<think>x</think><answer> high. </answer>", "high", 1.0),
+        ("<think>x</think><answer>low</answer>", "high", 0.0),
+        ("I'd say it is High!", "high", 1.0),  # final word
+        ("high, no wait, low", "high", 0.0),
+        ("<think>it is high</think>low", "high", 0.0),  # the thinking is not the answer
+        ("<answer>high</answer><answer>low</answer>", "low", 1.0),  # the last answer counts
+        ("<answer>New York</answer>", "new york", 1.0),
+        ("<answer>york</answer>", "new york", 0.0),
+        ("<answer>B</answer>", ["b", "blue"], 1.0),
+        ("", "high", 0.0),
+    ],
+)
+def test_label_accuracy(completion, label, expected):
+    assert label_accuracy([completion], [label]) == [expected]
+
+
+def test_label_accuracy_reads_chat_messages():
+    assert label_accuracy([[{"role": "assistant", "content": "<answer>low</answer>"}]], ["low"]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "completion,expected",
+    [
+        ("<think>pitch is high</think><answer>high</answer>", 1.0),
+        ("  <think>a</think>\nhigh", 1.0),
+        ("<think>a</think><answer></answer>", 0.0),
+        ("<think>a</think><answer>x", 0.0),
+        ("<think>a</think>x<answer>y</answer>", 0.0),
+        ("x<think>a</think>y", 0.0),
+        ("<think>a</think><think>b</think>y", 0.0),
+        ("<think>a", 0.0),
+    ],
+)
+def test_cot_format(completion, expected):
+    assert cot_format([completion]) == [expected]
+
+
+def test_think_length_counts_words_and_cjk_characters():
+    assert think_length(["<think>one two three</think>a"], max_length=3) == [1.0]
+    assert think_length(["<think>one two three</think>a"], max_length=2) == [0.0]
+    assert think_length(["<think>今天天气</think>a"], max_length=3) == [0.0]
+    assert think_length(["<think>今天天气</think>a"], max_length=4) == [1.0]
+    assert think_length(["<think>abc</think>"], max_length=3, unit="chars") == [1.0]
+
+
+def test_asr_correctness_wer_and_cer():
+    ref = ["the cat sat on the mat"]
+    assert asr_correctness(["<answer>The cat sat on the mat.</answer>"], ref) == [1.0]
+    assert asr_correctness(["the cat sat on a mat"], ref) == pytest.approx([1 - 1 / 6])
+    assert asr_correctness(["completely different words here now ok and more"], ref) == [0.0]  # clipped at 0
+    # Chinese: character error rate, full-width punctuation ignored
+    assert asr_correctness(["今天天气很好。"], ["今天天气很好"]) == [1.0]
+    assert asr_correctness(["今天天气不好"], ["今天天气很好"]) == pytest.approx([1 - 1 / 6])
+    assert asr_correctness(["ｔｈｅ ｃａｔ"], ["the cat"], language=["en"]) == [1.0]
+
+
+# --------------------------------------------------------------------- registry
+def test_decorator_registers_and_yaml_resolves_by_name():
+    @reward("test_always_half")
+    def always_half(completions, **_):
+        return [0.5] * len(completions)
+
+    assert resolve_reward("test_always_half") is always_half
+    scores = RewardSet([spec("test_always_half", weight=2.0)]).score(["a", "b"])
+    assert scores.total.tolist() == [1.0, 1.0]
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(AudioRLError, match="already registered"):
+        reward("label_accuracy")(lambda completions, **_: [])
+
+
+def test_module_function_resolution():
+    fn = resolve_reward("tests.reward_plugins:length_penalty")
+    assert fn(["ab", "abcd"]) == [-2.0, -4.0]
+
+
+def test_unknown_reward_names_the_nearest():
+    with pytest.raises(AudioRLError, match=r"unknown reward 'label_acuracy' \(did you mean 'label_accuracy'\?\)"):
+        RewardSet([spec("label_acuracy")])
+    with pytest.raises(ConfigError, match="could not be imported"):
+        RewardSet([spec("tests.reward_plugins:nope")])
+
+
+def test_kwargs_must_match_the_signature():
+    with pytest.raises(ConfigError, match=r"reward 'tests.reward_plugins:strict_reward' has no parameter 'bogus'"):
+        RewardSet([spec("tests.reward_plugins:strict_reward", bogus=1)])  # no **kwargs: checked
+    RewardSet([spec("think_length", max_length=10)])
+
+
+def test_missing_columns_are_named_before_training():
+    rewards = RewardSet([spec("asr_correctness")])
+    with pytest.raises(ConfigError, match=r"reward 'asr_correctness' needs column\(s\) transcript which train.jsonl lacks"):
+        rewards.check_columns(["audio", "prompt", "label"], "train.jsonl")
+
+
+# ------------------------------------------------------------------ aggregation
+def test_weighted_sum_logs_each_reward_and_skips_none():
+    rewards = RewardSet([spec("label_accuracy", 0.9), spec("cot_format", 0.1), spec("tests.reward_plugins:only_even", 1.0)])
+    completions = ["<think>t</think><answer>high</answer>", "low", "<think>t</think><answer>low</answer>"]
+    scores = rewards.score(completions, columns={"label": ["high", "high", "high"]})
+    assert scores.names == ["label_accuracy", "cot_format", "only_even"]
+    assert np.isnan(scores.values[1, 2]) and scores.values[0, 2] == 1.0
+    assert scores.total.tolist() == pytest.approx([0.9 + 0.1 + 1.0, 0.0, 0.1 + 1.0])
+    assert scores.means() == pytest.approx({"label_accuracy": 1 / 3, "cot_format": 2 / 3, "only_even": 1.0})
+
+
+def test_sample_with_no_applicable_reward_is_nan():
+    scores = RewardSet([spec("tests.reward_plugins:only_even")]).score(["a", "b"])
+    assert scores.total[0] == 1.0 and math.isnan(scores.total[1])
+
+
+def test_raising_reward_names_itself_and_the_sample():
+    rewards = RewardSet([spec("tests.reward_plugins:fails_on_boom")])
+    with pytest.raises(RewardError, match=r"reward 'fails_on_boom' raised ValueError: .* on sample 2 \(completion 'boom!'\)"):
+        rewards.score(["fine", "ok", "boom!", "fine"])
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("tests.reward_plugins:returns_nan", r"returned nan for sample 1 .*return None"),
+        ("tests.reward_plugins:returns_inf", r"returned inf for sample 0"),
+        ("tests.reward_plugins:returns_too_few", r"returned 1 values for 3 completions"),
+        ("tests.reward_plugins:returns_text", r"returned 'good' for sample 0"),
+        ("tests.reward_plugins:returns_scalar", r"returned float; it must return a list of 3 numbers"),
+    ],
+)
+def test_bad_reward_outputs_are_refused(name, match):
+    with pytest.raises(RewardError, match=match):
+        RewardSet([spec(name)]).score(["a", "b", "c"])
+
+
+def test_async_rewards_are_awaited():
+    assert RewardSet([spec("tests.reward_plugins:async_len")]).score(["ab", "abc"]).total.tolist() == [2.0, 3.0]
+
+
+def test_rewards_receive_prompts_and_columns():
+    scores = RewardSet([spec("tests.reward_plugins:echo_columns")]).score(["x", "y"], prompts=["p1", "p2"], columns={"label": ["a", "b"], "extra": [1, 2]})
+    assert scores.total.tolist() == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------- robustness
+completion_text = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "high", "low", " ", "。", "\n", "x"]), max_size=40).map("".join),
+    st.text(alphabet=st.characters(categories=["Lo", "Nd", "P", "Zs", "So"]), max_size=50),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(completion_text, st.text(max_size=40))
+def test_builtins_never_crash_and_stay_in_range(completion, label):
+    for fn, args in (
+        (label_accuracy, ([completion], [label])),
+        (cot_format, ([completion],)),
+        (think_length, ([completion],)),
+        (asr_correctness, ([completion], [label])),
+    ):
+        (value,) = fn(*args)
+        assert 0.0 <= value <= 1.0
+
+
+def test_very_long_completion():
+    text = "<think>" + "word " * 100_000 + "</think><answer>high</answer>"
+    assert label_accuracy([text], ["high"]) == [1.0]
+    assert think_length([text], max_length=256) == [0.0]

@@ -26,6 +26,10 @@ class RewardError(AudioRLError):
     """A reward function failed or returned something unusable."""
 
 
+class RolloutServerError(AudioRLError):
+    """A rollout server is unreachable, stalled, incompatible with the policy, or failed a request."""
+
+
 def nearest(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest candidate, or '' when none is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

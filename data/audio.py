@@ -82,6 +82,31 @@ class Clip:
     num_samples: int
 
 
+class WaveCache:
+    """Waveforms by content key; the least recently used are dropped beyond ``max_bytes``. Not locked."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self._waves: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, key: str, wave: np.ndarray) -> None:
+        if key in self._waves:
+            self._waves.move_to_end(key)
+            return
+        self._waves[key] = wave
+        self._bytes += wave.nbytes
+        while self._bytes > self.max_bytes and len(self._waves) > 1:
+            _, old = self._waves.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def get(self, key: str) -> np.ndarray | None:
+        wave = self._waves.get(key)
+        if wave is not None:
+            self._waves.move_to_end(key)
+        return wave
+
+
 class AudioStore:
     """Registers clips (files or arrays) once and serves their waveforms by content key.
 
@@ -91,9 +116,7 @@ class AudioStore:
     """
 
     def __init__(self, max_bytes: int = 1 << 30):
-        self.max_bytes = max_bytes
-        self._waves: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
+        self._waves = WaveCache(max_bytes)
         self._sources: dict[str, str] = {}
         self._file_keys: dict[tuple[str, int, int], Clip] = {}
         self._arrays: dict[str, np.ndarray] = {}
@@ -132,7 +155,6 @@ class AudioStore:
                 return self._arrays[clip.key]
             wave = self._waves.get(clip.key)
             if wave is not None:
-                self._waves.move_to_end(clip.key)
                 return wave
         source = self._sources.get(clip.key, clip.source)
         wave = load_audio(source)
@@ -144,11 +166,4 @@ class AudioStore:
     def _remember(self, key: str, wave: np.ndarray, source: str) -> None:
         with self._lock:
             self._sources.setdefault(key, source)
-            if key in self._waves:
-                self._waves.move_to_end(key)
-                return
-            self._waves[key] = wave
-            self._bytes += wave.nbytes
-            while self._bytes > self.max_bytes and len(self._waves) > 1:
-                _, old = self._waves.popitem(last=False)
-                self._bytes -= old.nbytes
+            self._waves.put(key, wave)

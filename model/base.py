@@ -72,7 +72,15 @@ class AudioLM(abc.ABC):
 
     @property
     def eos_token_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id if hasattr(self.model, "generation_config") else None
+        gen = getattr(self.model, "generation_config", None)
+        if gen is None and self.model is None and self.path:  # processor-only (a rollout server)
+            from transformers import GenerationConfig
+
+            try:
+                gen = GenerationConfig.from_pretrained(self.path)
+            except OSError:
+                gen = None
+        ids = gen.eos_token_id if gen is not None else None
         if ids is None:
             ids = self.tokenizer.eos_token_id
         return [ids] if isinstance(ids, int) else list(ids)
@@ -133,8 +141,15 @@ class AudioLM(abc.ABC):
         return find_module(model if model is not None else self.model, self.projector_module)
 
     @abc.abstractmethod
+    def hub_state_dict(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """``model``'s current weights (LoRA merged, not in place) under the hub checkpoint's names (vLLM's).
+
+        ``trainable_only``: only those an optimizer step can change (see ``merged_state_dict``).
+        """
+
+    @abc.abstractmethod
     def save_pretrained(self, model: nn.Module, out_dir: str) -> None:
-        """Write ``model`` (plain, un-wrapped) and the processor in the hub layout that vLLM loads."""
+        """Write ``model`` (LoRA merged) and the processor in the hub layout that vLLM loads."""
 
 
 def detect_family(path: str) -> str:
@@ -150,6 +165,9 @@ def detect_family(path: str) -> str:
     return model_type
 
 
-def load_audio_lm(path: str, dtype: str = "float32", device: str = "cpu") -> AudioLM:
-    """Load the audio LLM and processor in ``path`` (a local Hugging Face-format directory)."""
-    return FAMILIES.get(detect_family(path)).from_pretrained(path, dtype=dtype, device=device)
+def load_audio_lm(path: str, dtype: str = "float32", device: str = "cpu", load_model: bool = True) -> AudioLM:
+    """Load the audio LLM and processor in ``path`` (a local Hugging Face-format directory).
+
+    ``load_model=False``: the processor and the family's glue only (``model`` is None).
+    """
+    return FAMILIES.get(detect_family(path)).from_pretrained(path, dtype=dtype, device=device, load_model=load_model)

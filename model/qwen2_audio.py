@@ -13,6 +13,7 @@ import torch
 from audiorl.common.errors import DataError
 from audiorl.data.audio import SAMPLE_RATE, Clip
 from audiorl.model.base import FAMILIES, AudioLM, Messages, find_module
+from audiorl.model.weights import base_model, merged_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
@@ -68,11 +69,15 @@ class Qwen2AudioLM(AudioLM):
     encode_batch_size = 16
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "float32", device: str = "cpu") -> Qwen2AudioLM:
+    def from_pretrained(
+        cls, path: str, dtype: str = "float32", device: str = "cpu", load_model: bool = True
+    ) -> Qwen2AudioLM:
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
         processor = AutoProcessor.from_pretrained(path)
+        if not load_model:
+            return cls(None, processor, path)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model.to(device), processor, path)
 
     # ----------------------------------------------------------------- text side
@@ -155,10 +160,14 @@ class Qwen2AudioLM(AudioLM):
     def lora_target_regex(self) -> str:
         return r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
+    def hub_state_dict(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        return {to_hub_key(k): v for k, v in merged_state_dict(model, trainable_only).items()}
+
     def save_pretrained(self, model: nn.Module, out_dir: str) -> None:
         os.makedirs(out_dir, exist_ok=True)
-        state = {to_hub_key(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.hub_state_dict(model).items()}
         save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        model = base_model(model)
         model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
         model.config.save_pretrained(out_dir)
         if getattr(model, "generation_config", None) is not None:

@@ -5,6 +5,7 @@
   audiorl make-tiny OUT [--seed N]          write the tiny random Qwen2-Audio used by tests and the quickstart
   audiorl make-data OUT [--task pitch|speech] [--seed N] ...   write an embedded data set
   audiorl recipes                           list the bundled recipes
+  audiorl rollout-server --model DIR [--port N] ...   serve vLLM rollouts to trainers (rollout.vllm.mode=server)
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
     sub.add_parser("recipes", help="list the bundled recipes")
+    from audiorl.rollouts.server import build_parser
+
+    build_parser(sub.add_parser("rollout-server", help="serve vLLM rollouts with audio to trainers over HTTP"))
     return parser
 
 
@@ -91,6 +95,11 @@ def _run(args: argparse.Namespace) -> int:
         paths = make_dataset(args.out, args.task, seed=args.seed, n_train=args.n_train, n_eval=args.n_eval, fmt=args.format)
         for split, path in paths.items():
             print(f"{split}: {path}")
+        return 0
+    if args.command == "rollout-server":
+        from audiorl.rollouts.server import serve
+
+        serve(args)
         return 0
     if args.command == "recipes":
         for name, path in sorted(bundled_recipes().items()):

@@ -66,13 +66,32 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    mode: str = "colocate"  # colocate (vLLM in the trainer's process) | server (`audiorl rollout-server` processes)
+    servers: list[str] = field(default_factory=list)  # server mode: base URLs; several = data-parallel rollouts
+    max_model_len: int = 4096
+    kv_cache_mb: Optional[int] = None  # default: 256 on CPU, from gpu_memory_utilization on GPU
+    gpu_memory_utilization: float = 0.3  # colocate on GPU: the share of GPU memory vLLM may take
+    enforce_eager: Optional[bool] = None  # default: true on CPU (no CUDA graphs there)
+    sleep_mode: bool = True  # colocate on GPU: offload vLLM's weights, drop its KV cache while the trainer steps
+    max_audio_per_prompt: int = 1
+    request_timeout_s: float = 600.0  # server mode: per request
+    startup_timeout_s: float = 900.0  # server mode: how long to wait for servers to come up
+    retries: int = 2  # server mode: retries after a connection failure or timeout
+
+
+@dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf (transformers generate); vllm comes with the vLLM issue
+    backend: str = "auto"  # auto (vllm on a GPU machine with vLLM installed, else hf) | hf | vllm
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    batch_size: int = 64  # sequences per generate call
+    batch_size: int = 64  # hf: sequences per generate call
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    # Truncated importance sampling: weight each token's loss by min(p_trainer / p_rollout, tis_cap) to
+    # correct for rollout/trainer mismatch (vLLM kernels, bf16). None: off. The mismatch is logged either way.
+    tis_cap: Optional[float] = None
 
 
 @dataclass
@@ -143,6 +162,7 @@ CHOICES = {
     "data.synthesize.task": ("pitch", "speech"),
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),
+    "rollout.vllm.mode": ("colocate", "server"),
 }
 
 
@@ -242,6 +262,10 @@ def validate(config: RecipeConfig) -> None:
         "sft.batch_size": config.sft.batch_size,
         "eval.batch_size": config.eval.batch_size,
         "lora.r": config.lora.r,
+        "rollout.vllm.max_model_len": config.rollout.vllm.max_model_len,
+        "rollout.vllm.request_timeout_s": config.rollout.vllm.request_timeout_s,
+        "rollout.vllm.startup_timeout_s": config.rollout.vllm.startup_timeout_s,
+        "rollout.vllm.retries": config.rollout.vllm.retries + 1,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -261,6 +285,14 @@ def validate(config: RecipeConfig) -> None:
         raise ConfigError("'rollout.temperature' is 0 (greedy): GRPO needs sampled completions that differ")
     if not 0 < config.rollout.top_p <= 1:
         raise ConfigError(f"'rollout.top_p' must be in (0, 1], got {config.rollout.top_p}")
+    vllm = config.rollout.vllm
+    if config.rollout.backend == "vllm" and vllm.mode == "server" and not vllm.servers:
+        raise ConfigError("'rollout.vllm.servers' is empty: server mode needs the URLs of `audiorl rollout-server`s")
+    for url in vllm.servers:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"'rollout.vllm.servers': '{url}' is not an http(s) URL such as http://host:8000")
+    if config.rollout.tis_cap is not None and config.rollout.tis_cap < 1:
+        raise ConfigError(f"'rollout.tis_cap' must be >= 1 (or null to turn the correction off), got {config.rollout.tis_cap}")
     if config.eval.every_steps < 0:
         raise ConfigError("'eval.every_steps' must be >= 0")
     from audiorl.rl.algos import ADVANTAGES
@@ -271,8 +303,8 @@ def validate(config: RecipeConfig) -> None:
             f"'grpo.advantage' is '{config.grpo.advantage}'{nearest(config.grpo.advantage, ADVANTAGES.names())}; "
             f"choose one of: {', '.join(ADVANTAGES.names())}"
         )
-    if config.rollout.backend not in ROLLOUT_BACKENDS:
-        names = ROLLOUT_BACKENDS.names()
+    if config.rollout.backend != "auto" and config.rollout.backend not in ROLLOUT_BACKENDS:
+        names = ["auto", *ROLLOUT_BACKENDS.names()]
         raise ConfigError(
             f"'rollout.backend' is '{config.rollout.backend}'{nearest(config.rollout.backend, names)}; "
             f"choose one of: {', '.join(names)}"

@@ -115,11 +115,11 @@ class AudioGRPOTrainer(GRPOTrainer):
             else:
                 groups.append((messages, 1))
         requests = [self.prompt_encoder.request(m, n=n) for m, n in groups]
-        if self._synced_step != self.state.global_step:
-            self.engine.update_weights(self.model)
-            self._synced_step = self.state.global_step
         self.engine.resume()
         try:
+            if self._synced_step != self.state.global_step:
+                self.engine.update_weights(self.model)
+                self._synced_step = self.state.global_step
             results = self.engine.generate(requests, self.sampling)
         finally:
             self.engine.release()
@@ -144,9 +144,47 @@ class AudioGRPOTrainer(GRPOTrainer):
         rows = [self.prompt_encoder.clips(clean_messages(x["prompt"]), row=x.get("_row")) for x in inputs]
         with self._audio_for_rows(rows):
             output = super()._generate_and_score_completions(inputs)
+            if not self.engine.samples_from_trainer_model:
+                self._check_rollout_logprobs(output)
         output["audio_clips"] = rows  # shuffled and split by TRL together with the other per-row fields
         self._replace_advantages(output, len(inputs))
         return output
+
+    @torch.no_grad()
+    def _check_rollout_logprobs(self, output: dict) -> None:
+        """Rollout engine vs trainer log-probs of the sampled tokens: log the gap; optionally correct for it.
+
+        An engine with its own weights (vLLM) samples from a slightly different distribution than the
+        trainer computes (kernels, precision, a stale sync would show here too). ``rollout.tis_cap``
+        turns on truncated importance sampling: each token's loss is weighted by
+        ``min(p_trainer / p_rollout, tis_cap)``.
+        """
+        sampling = output.get("sampling_per_token_logps")
+        if sampling is None:
+            return
+        mask = output["completion_mask"].bool()
+        old = output.get("old_per_token_logps")
+        if old is None:
+            ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+            attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+            old, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, attention, output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+            output["old_per_token_logps"] = old  # the loss's ratio denominator; equal to the policy's own values
+        diff = (old - sampling).float()
+        valid = mask & ~torch.isnan(diff)
+        gap = diff.abs()[valid]
+        mode = "train" if self.model.training else "eval"
+        if gap.numel():
+            self._metrics[mode]["rollout/logprob_diff/mean"].append(self.accelerator.gather(gap.mean()).mean().item())
+            self._metrics[mode]["rollout/logprob_diff/max"].append(self.accelerator.gather(gap.max()).max().item())
+        cap = getattr(self.engine.config, "tis_cap", None) if self.engine.config is not None else None
+        if cap is not None:
+            ratio = torch.exp(diff.masked_fill(~valid, 0.0)).clamp(max=cap)
+            output["importance_sampling_ratio"] = ratio
+            if gap.numel():
+                self._metrics[mode]["rollout/tis_ratio/mean"].append(ratio[valid].mean().item())
 
     def _replace_advantages(self, output: dict, n_local: int) -> None:
         if self._last_rewards is None:
@@ -156,8 +194,21 @@ class AudioGRPOTrainer(GRPOTrainer):
         output["advantages"] = advantages[start : start + n_local].to(output["advantages"].device)
 
     def _compute_loss(self, model, inputs):
-        with self._audio_for_rows(inputs["audio_clips"]):
+        with self._audio_for_rows(inputs["audio_clips"]), self._importance_weights(inputs):
             return super()._compute_loss(model, inputs)
+
+    @contextmanager
+    def _importance_weights(self, inputs):
+        """TRL applies ``importance_sampling_ratio`` only under its own vLLM flags: raise them for this loss."""
+        if "importance_sampling_ratio" not in inputs:
+            yield
+            return
+        saved = self.use_vllm, self.vllm_importance_sampling_correction
+        self.use_vllm, self.vllm_importance_sampling_correction = True, True
+        try:
+            yield
+        finally:
+            self.use_vllm, self.vllm_importance_sampling_correction = saved
 
     def _get_per_token_logps_and_entropies(
         self,

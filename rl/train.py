@@ -117,7 +117,7 @@ def open_session(config: RecipeConfig) -> Session:
     store = AudioStore()
     embedder = AudioEmbedder(lm, store, cache_bytes=config.model.audio_cache_mb << 20)
     prompts = PromptEncoder(lm, store)
-    engine = build_rollout_engine(config.rollout.backend, lm, embedder, config.rollout)
+    engine = build_rollout_engine(config.rollout.backend, lm, embedder, config.rollout, seed=config.seed)
     os.makedirs(config.output_dir, exist_ok=True)
     return Session(
         config=config, device=device, lm=lm, store=store, embedder=embedder, prompts=prompts, engine=engine,
@@ -241,12 +241,16 @@ def run_eval(s: Session, step: int, name: str) -> dict[str, float]:
     if not s.eval_rows:
         return {}
     start = time.perf_counter()
-    s.engine.update_weights(s.lm.model)
-    results = evaluate(
-        s.eval_rows, s.prompts, s.engine, s.rewards,
-        max_new_tokens=s.config.eval.max_new_tokens or s.config.rollout.max_new_tokens,
-        samples_path=os.path.join(s.config.output_dir, f"eval_samples_{name}.jsonl"),
-    )
+    s.engine.resume()
+    try:
+        s.engine.update_weights(s.lm.model)
+        results = evaluate(
+            s.eval_rows, s.prompts, s.engine, s.rewards,
+            max_new_tokens=s.config.eval.max_new_tokens or s.config.rollout.max_new_tokens,
+            samples_path=os.path.join(s.config.output_dir, f"eval_samples_{name}.jsonl"),
+        )
+    finally:
+        s.engine.release()
     s.timings["eval_s"] = s.timings.get("eval_s", 0.0) + time.perf_counter() - start
     s.metrics.log(step, "eval", results)
     log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
@@ -353,12 +357,15 @@ def train(config: RecipeConfig) -> dict[str, Any]:
     with open(os.path.join(config.output_dir, "recipe.yaml"), "w") as f:
         f.write(to_yaml(config))
 
-    if config.sft.enabled:
-        run_sft(s)
-    before = run_eval(s, 0, "before")
-    if config.grpo.enabled:
-        run_grpo(s)
-    after = run_eval(s, config.grpo.max_steps if config.grpo.enabled else 0, "after")
+    try:
+        if config.sft.enabled:
+            run_sft(s)
+        before = run_eval(s, 0, "before")
+        if config.grpo.enabled:
+            run_grpo(s)
+        after = run_eval(s, config.grpo.max_steps if config.grpo.enabled else 0, "after")
+    finally:
+        s.engine.close()
     paths = save_outputs(s)
 
     accuracy_key = next((k for k in before if "accuracy" in k), next(iter(before), None))
@@ -373,6 +380,7 @@ def train(config: RecipeConfig) -> dict[str, Any]:
         "sampled_reward_last10": last,
         "timings": s.timings,
         "audio_encoder": dict(s.embedder.stats),
+        "rollout_engine": type(s.engine).__name__,
         "outputs": paths,
     }
     with open(os.path.join(config.output_dir, "summary.json"), "w") as f:

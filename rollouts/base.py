@@ -17,6 +17,7 @@ from torch import nn
 
 ROLLOUT_BACKENDS: Registry[type["RolloutEngine"]] = Registry("rollout backend")
 ROLLOUT_BACKENDS.register("hf", "audiorl.rollouts.hf:HFRolloutEngine")
+ROLLOUT_BACKENDS.register("vllm", "audiorl.rollouts.vllm_engine:vllm_engine")
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,20 @@ class Completion:
 class RolloutEngine(abc.ABC):
     """Generates completions from the current policy.
 
-    Constructed as ``Engine(lm, embedder, config)`` with the recipe's ``rollout`` section. The
-    trainer calls ``update_weights`` whenever the policy changed since the last generation (after
-    optimizer steps, after SFT), and ``resume``/``release`` around each generation.
+    Constructed as ``Engine(lm, embedder, config, seed)`` with the recipe's ``rollout`` section.
+    Around each generation the trainer calls ``resume``, then ``update_weights`` if the policy
+    changed since the last generation (optimizer steps, SFT), then ``generate``, then ``release``.
     """
 
-    def __init__(self, lm: Any, embedder: Any, config: Any = None):
+    #: True when the engine samples from the trainer's own module (nothing to sync, log-probs exact);
+    #: False for engines with their own copy of the weights, whose log-probs the trainer checks.
+    samples_from_trainer_model = True
+
+    def __init__(self, lm: Any, embedder: Any, config: Any = None, seed: int = 0):
         self.lm = lm
         self.embedder = embedder
         self.config = config
+        self.seed = seed
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[RolloutRequest], params: SamplingParams) -> list[list[Completion]]:
@@ -74,6 +80,20 @@ class RolloutEngine(abc.ABC):
     def resume(self) -> None:
         """Undo ``release`` before the next generation."""
 
+    def close(self) -> None:
+        """Free what the engine holds (processes, temporary files)."""
 
-def build_rollout_engine(backend: str, lm: Any, embedder: Any, config: Any = None) -> RolloutEngine:
-    return ROLLOUT_BACKENDS.get(backend)(lm, embedder, config)
+
+def resolve_backend(backend: str) -> str:
+    """``auto``: vLLM on a GPU machine where it is installed, transformers otherwise."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+
+
+def build_rollout_engine(backend: str, lm: Any, embedder: Any, config: Any = None, seed: int = 0) -> RolloutEngine:
+    return ROLLOUT_BACKENDS.get(resolve_backend(backend))(lm, embedder, config, seed)

@@ -19,8 +19,8 @@ from transformers import GenerationConfig
 class HFRolloutEngine(RolloutEngine):
     """Generates with the trainer's own module, so ``update_weights`` has nothing to do."""
 
-    def __init__(self, lm: AudioLM, embedder: AudioEmbedder, config: object = None):
-        super().__init__(lm, embedder, config)
+    def __init__(self, lm: AudioLM, embedder: AudioEmbedder, config: object = None, seed: int = 0):
+        super().__init__(lm, embedder, config, seed)
         self.batch_size = getattr(config, "batch_size", 64)
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:

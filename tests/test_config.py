@@ -90,3 +90,28 @@ def test_cli_fails_before_loading_any_model(tmp_path):
     assert "RC 2 MODEL_LOADED False" in proc.stdout, proc.stdout + proc.stderr
     assert "unknown key 'grpo.max_step' (did you mean 'max_steps'?)" in proc.stderr
     assert not out.exists()
+
+
+def test_rollout_backend_auto_is_hf_on_cpu_and_vllm_is_accepted():
+    from audiorl.rollouts.base import resolve_backend
+
+    assert load_recipe(QUICKSTART).rollout.backend == "auto"
+    assert resolve_backend("auto") == "hf"  # the test machines have no GPU
+    assert load_recipe(QUICKSTART, ["rollout.backend=vllm"]).rollout.vllm.mode == "colocate"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["rollout.backend=vlm"], r"'rollout.backend' is 'vlm' \(did you mean 'vllm'\?\)"),
+        (["rollout.backend=vllm", "rollout.vllm.mode=server"], "'rollout.vllm.servers' is empty"),
+        (["rollout.vllm.mode=remote"], r"'rollout.vllm.mode' is 'remote'"),
+        (["rollout.vllm.servers=[localhost:8000]"], "'localhost:8000' is not an http"),
+        (["rollout.tis_cap=0.5"], "'rollout.tis_cap' must be >= 1"),
+        (["rollout.vllm.request_timeout_s=0"], "'rollout.vllm.request_timeout_s' must be positive"),
+        (["rollout.vllm.sever=1"], r"rollout.vllm.sever.*did you mean 'servers'"),
+    ],
+)
+def test_vllm_settings_are_checked_before_anything_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(QUICKSTART, overrides)

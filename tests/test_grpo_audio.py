@@ -171,5 +171,6 @@ def test_rollout_engine_gets_current_weights_before_each_generation(tmp_path, ti
 
         setattr(engine, name, recorder)
     trainer.train()
-    expected = [(name, step) for step in range(3) for name in ("update_weights", "resume", "generate", "release")]
+    # resume first: a sleeping vLLM (GPU sleep mode) must be awake to take the new weights
+    expected = [(name, step) for step in range(3) for name in ("resume", "update_weights", "generate", "release")]
     assert events == expected

@@ -178,3 +178,30 @@ def test_silent_and_empty_clips_give_finite_embeddings(tiny_lm, tmp_path):
         out = embedder.audio_embeds(tiny_lm.model, clips)
     assert [o.shape[0] for o in out] == [tiny_lm.audio_token_count(c.num_samples) for c in clips]
     assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_merged_state_dict_equals_merge_and_unload_without_touching_the_model(tiny_model_dir):
+    import copy
+
+    from audiorl.model import load_audio_lm
+    from peft import LoraConfig, get_peft_model
+
+    lm = load_audio_lm(tiny_model_dir)
+    peft = get_peft_model(
+        lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=lm.lora_target_regex, modules_to_save=[lm.projector_module])
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    before = {k: v.clone() for k, v in peft.state_dict().items()}
+    hub = lm.hub_state_dict(peft)
+    trainable = lm.hub_state_dict(peft, trainable_only=True)
+    assert all(torch.equal(v, peft.state_dict()[k]) for k, v in before.items())  # nothing merged in place
+    reference = lm.hub_state_dict(copy.deepcopy(peft).merge_and_unload())
+    assert hub.keys() == reference.keys()
+    assert max((hub[k] - reference[k]).abs().max().item() for k in hub) < 1e-5
+    projector = {k for k in hub if k.startswith("multi_modal_projector.")}
+    assert projector <= trainable.keys() and len(trainable) == 2 * 7 + len(projector)
+    assert not any(k.startswith("audio_tower.") for k in trainable)

@@ -1,0 +1,68 @@
+"""The policy's current weights as a plain (merged) state dict, without touching the model.
+
+Rollout engines that hold their own copy of the weights (vLLM) need the policy as a plain
+checkpoint after every optimizer step. For a PEFT LoRA policy the merged weight is
+``W + delta(A, B)`` computed per layer: the trainer's model is never merged and unmerged in place,
+so its base weights do not drift by rounding over thousands of syncs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+_OTHER_ADAPTER = re.compile(r"\.(lora_[A-Za-z_]+|modules_to_save|lora_magnitude_vector)\.")
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (the model itself when not wrapped)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a core dependency
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Parameter names as the unwrapped transformers model has them, LoRA deltas of the active adapter added.
+
+    ``trainable_only``: just the weights an optimizer step can change (LoRA-merged layers,
+    ``modules_to_save``, parameters that require grad): what a rollout engine needs after its first sync.
+    """
+    inner = base_model(model)
+    if inner is model:
+        state = dict(model.state_dict())
+        if trainable_only:
+            state = {k: state[k] for k, p in model.named_parameters() if p.requires_grad and k in state}
+        return state
+    from peft.tuners.lora import LoraLayer
+
+    adapter = model.active_adapter
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer) and adapter in getattr(module, "lora_A", {}):
+            if not module.merged:  # a merged layer already holds W + delta
+                deltas[f"{name}.weight"] = module.get_delta_weight(adapter)
+    state: dict[str, torch.Tensor] = {}
+    saved = f".modules_to_save.{adapter}."
+    for key, value in inner.state_dict().items():
+        if saved in key:
+            state[key.replace(saved, ".")] = value
+            continue
+        if ".original_module." in key or _OTHER_ADAPTER.search(key):
+            continue  # frozen copies of modules_to_save, adapter matrices (ours and e.g. TRL's "ref" copy)
+        clean = key.replace(".base_layer.", ".")
+        state.setdefault(clean, value)
+    for key, delta in deltas.items():
+        state[key] = state[key] + delta.to(state[key].dtype)
+    if trainable_only:
+        keep = set(deltas)
+        keep.update(k.replace(saved, ".") for k in inner.state_dict() if saved in k)
+        for key, param in inner.named_parameters():
+            if param.requires_grad and not _OTHER_ADAPTER.search(key) and ".original_module." not in key:
+                keep.add(key.replace(".base_layer.", "."))
+        state = {k: v for k, v in state.items() if k in keep}
+    return state

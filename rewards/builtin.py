@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import jiwer
@@ -128,4 +129,59 @@ def asr_correctness(completions: Sequence, transcript: Sequence, language: Seque
         hyp, _ = answer_span(as_text(completion))
         rate = error_rate(str(ref), hyp, _uses_cer(str(ref), lang))
         scores.append(max(0.0, 1.0 - rate))
+    return scores
+
+
+_LETTER = re.compile(r"^\(?\s*(?:option|choice|answer)?\s*[:\-]?\s*\(?([a-z])\)?\s*[\.\):]?\s*(.*)$", re.IGNORECASE)
+
+
+_LETTER_IN_TEXT = re.compile(r"\(([A-Za-z])\)|\b(?:answer|option|choice) (?:is )?([A-Za-z])\b(?=[\s.,;:!?)]|$)")
+
+
+def _choice_index(answer: str, choices: Sequence[str]) -> int | None:
+    """Which choice an answer names: a letter ("B", "(b)", "Option B: ...") or the choice's text."""
+    texts = [normalize(str(c)) for c in choices]
+    said = normalize(answer)
+    if said in texts:
+        return texts.index(said)
+    match = _LETTER.match(answer.strip())
+    if match:
+        index = ord(match.group(1).lower()) - ord("a")
+        rest = normalize(match.group(2))
+        if 0 <= index < len(choices) and (not rest or rest == texts[index]):
+            return index
+    named = [i for i, t in enumerate(texts) if t and re.search(rf"(^|\s){re.escape(t)}($|\s)", said)]
+    if named:
+        return named[0] if len(named) == 1 else None  # several choices named: no answer
+    letters = {(a or b).lower() for a, b in _LETTER_IN_TEXT.findall(answer)}
+    if len(letters) == 1:
+        index = ord(letters.pop()) - ord("a")
+        return index if 0 <= index < len(choices) else None
+    return None
+
+
+@reward("mcq_accuracy")
+def mcq_accuracy(completions: Sequence, choices: Sequence, answer: Sequence, **_) -> list[float]:
+    """Multiple choice in the MMAU format: 1.0 when the completion picks the right choice, else 0.0.
+
+    ``choices`` is each row's list of options, ``answer`` the right one as its text or its letter.
+    The completion may answer with the letter or the text, inside ``<answer>`` tags or as its last
+    sentence; naming several choices scores 0.
+
+    >>> mcq_accuracy(["<answer>B</answer>", "It is a dog barking.", "(a) or (b)", "The answer is (B)."],
+    ...              [["cat", "dog"], ["a cat", "a dog barking"], ["x", "y"], ["x", "y"]], ["dog", "B", "x", "y"])
+    [1.0, 1.0, 0.0, 1.0]
+    """
+    scores = []
+    for completion, options, gold in zip(completions, choices, answer, strict=True):
+        options = list(options)
+        gold_index = _choice_index(str(gold), options)
+        if gold_index is None:
+            raise ValueError(f"mcq_accuracy: answer '{gold}' is none of the choices {options}")
+        text, tagged = answer_span(as_text(completion))
+        picked = _choice_index(text, options)
+        if picked is None and not tagged:  # the last sentence of a free-text answer
+            sentences = [s for s in re.split(r"(?<=[.!?。])\s+", text.strip()) if s.strip()]
+            picked = _choice_index(sentences[-1], options) if sentences else None
+        scores.append(1.0 if picked == gold_index else 0.0)
     return scores

@@ -96,7 +96,7 @@ class RolloutConfig:
 
 @dataclass
 class RewardSpec:
-    name: str = MISSING  # registered name (label_accuracy, cot_format, think_length, asr_correctness) or module:function
+    name: str = MISSING  # registered name (label_accuracy, cot_format, think_length, asr_correctness, mcq_accuracy) or module:function
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     alias: Optional[str] = None  # name used in logs (default: the function's name)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from audiorl.common.errors import AudioRLError, ConfigError, RewardError
 from audiorl.rewards import REWARDS, RewardSet, resolve_reward, reward
-from audiorl.rewards.builtin import asr_correctness, cot_format, label_accuracy, think_length
+from audiorl.rewards.builtin import asr_correctness, cot_format, label_accuracy, mcq_accuracy, think_length
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,7 @@ def test_builtin_docstring_examples():
 
 
 def test_builtins_are_registered():
-    assert {"label_accuracy", "cot_format", "think_length", "asr_correctness"} <= set(REWARDS.names())
+    assert {"label_accuracy", "cot_format", "think_length", "asr_correctness", "mcq_accuracy"} <= set(REWARDS.names())
 
 
 @pytest.mark.parametrize(
@@ -174,6 +174,35 @@ def test_rewards_receive_prompts_and_columns():
     assert scores.total.tolist() == [1.0, 2.0]
 
 
+MMAU_CHOICES = ["Rain", "Thunder", "A dog barking", "Silence"]
+
+
+@pytest.mark.parametrize(
+    "completion,answer,expected",
+    [
+        ("<think>loud</think><answer>B</answer>", "Thunder", 1.0),
+        ("<answer>(b)</answer>", "Thunder", 1.0),
+        ("<answer>Option B: Thunder</answer>", "Thunder", 1.0),
+        ("<answer>thunder.</answer>", "B", 1.0),  # the gold answer given as a letter
+        ("I hear rumbling. The answer is (B).", "Thunder", 1.0),
+        ("First I thought rain. It is a dog barking.", "A dog barking", 1.0),
+        ("<answer>Option B: Rain</answer>", "Thunder", 0.0),  # letter and text disagree
+        ("<answer>rain or thunder</answer>", "Thunder", 0.0),  # two choices named
+        ("<answer>E</answer>", "Thunder", 0.0),  # no such choice
+        ("", "Thunder", 0.0),
+        ("<answer>A</answer>", "Thunder", 0.0),
+    ],
+)
+def test_mcq_accuracy_mmau_format(completion, answer, expected):
+    assert mcq_accuracy([completion], [MMAU_CHOICES], [answer]) == [expected]
+
+
+def test_mcq_answer_outside_the_choices_is_named():
+    rewards = RewardSet([spec("mcq_accuracy")])
+    with pytest.raises(RewardError, match=r"mcq_accuracy.*answer 'Hail' is none of the choices.*sample 1"):
+        rewards.score(["B", "B"], columns={"choices": [MMAU_CHOICES, MMAU_CHOICES], "answer": ["Thunder", "Hail"]})
+
+
 # ------------------------------------------------------------------- robustness
 completion_text = st.one_of(
     st.text(max_size=300),
@@ -190,6 +219,7 @@ def test_builtins_never_crash_and_stay_in_range(completion, label):
         (cot_format, ([completion],)),
         (think_length, ([completion],)),
         (asr_correctness, ([completion], [label])),
+        (mcq_accuracy, ([completion], [MMAU_CHOICES], ["Rain"])),
     ):
         (value,) = fn(*args)
         assert 0.0 <= value <= 1.0

@@ -48,8 +48,10 @@ def merged_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[st
                 deltas[f"{name}.weight"] = module.get_delta_weight(adapter)
     state: dict[str, torch.Tensor] = {}
     saved = f".modules_to_save.{adapter}."
+    trained_copies: set[str] = set()  # modules_to_save: the adapter's trained copy replaces the module
     for key, value in inner.state_dict().items():
         if saved in key:
+            trained_copies.add(key.replace(saved, "."))
             state[key.replace(saved, ".")] = value
             continue
         if ".original_module." in key or _OTHER_ADAPTER.search(key):
@@ -59,8 +61,7 @@ def merged_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[st
     for key, delta in deltas.items():
         state[key] = state[key] + delta.to(state[key].dtype)
     if trainable_only:
-        keep = set(deltas)
-        keep.update(k.replace(saved, ".") for k in inner.state_dict() if saved in k)
+        keep = set(deltas) | trained_copies
         for key, param in inner.named_parameters():
             if param.requires_grad and not _OTHER_ADAPTER.search(key) and ".original_module." not in key:
                 keep.add(key.replace(".base_layer.", "."))

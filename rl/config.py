@@ -265,7 +265,6 @@ def validate(config: RecipeConfig) -> None:
         "rollout.vllm.max_model_len": config.rollout.vllm.max_model_len,
         "rollout.vllm.request_timeout_s": config.rollout.vllm.request_timeout_s,
         "rollout.vllm.startup_timeout_s": config.rollout.vllm.startup_timeout_s,
-        "rollout.vllm.retries": config.rollout.vllm.retries + 1,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -291,6 +290,8 @@ def validate(config: RecipeConfig) -> None:
     for url in vllm.servers:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(f"'rollout.vllm.servers': '{url}' is not an http(s) URL such as http://host:8000")
+    if vllm.retries < 0:
+        raise ConfigError(f"'rollout.vllm.retries' must be >= 0, got {vllm.retries}")
     if config.rollout.tis_cap is not None and config.rollout.tis_cap < 1:
         raise ConfigError(f"'rollout.tis_cap' must be >= 1 (or null to turn the correction off), got {config.rollout.tis_cap}")
     if config.eval.every_steps < 0:

@@ -179,7 +179,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if gap.numel():
             self._metrics[mode]["rollout/logprob_diff/mean"].append(self.accelerator.gather(gap.mean()).mean().item())
             self._metrics[mode]["rollout/logprob_diff/max"].append(self.accelerator.gather(gap.max()).max().item())
-        cap = getattr(self.engine.config, "tis_cap", None) if self.engine.config is not None else None
+        cap = getattr(self.engine.config, "tis_cap", None)
         if cap is not None:
             ratio = torch.exp(diff.masked_fill(~valid, 0.0)).clamp(max=cap)
             output["importance_sampling_ratio"] = ratio

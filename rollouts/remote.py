@@ -61,9 +61,9 @@ class ServerClient:
 
     def wait_ready(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
+        probe = ServerClient(self.url, timeout_s=min(10.0, timeout_s), retries=0)
         while True:
             try:
-                probe = ServerClient(self.url, timeout_s=min(10.0, timeout_s), retries=0)
                 return probe.call("/health")[1]
             except RolloutServerError as exc:
                 if time.monotonic() > deadline:

@@ -146,7 +146,7 @@ def serve(args: argparse.Namespace) -> None:
     info = {
         "model": args.model,
         "family": lm.family,
-        "dtype": worker.llm.llm_engine.model_config.dtype.__repr__().removeprefix("torch."),
+        "dtype": str(worker.llm.llm_engine.model_config.dtype).removeprefix("torch."),
         "vocab_size": len(lm.tokenizer),
         "placeholder_id": lm.audio_placeholder_id,
         "started": time.time(),

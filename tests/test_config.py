@@ -108,6 +108,7 @@ def test_rollout_backend_auto_is_hf_on_cpu_and_vllm_is_accepted():
         (["rollout.vllm.mode=remote"], r"'rollout.vllm.mode' is 'remote'"),
         (["rollout.vllm.servers=[localhost:8000]"], "'localhost:8000' is not an http"),
         (["rollout.tis_cap=0.5"], "'rollout.tis_cap' must be >= 1"),
+        (["rollout.vllm.retries=-1"], "'rollout.vllm.retries' must be >= 0, got -1"),
         (["rollout.vllm.request_timeout_s=0"], "'rollout.vllm.request_timeout_s' must be positive"),
         (["rollout.vllm.sever=1"], r"rollout.vllm.sever.*did you mean 'servers'"),
     ],

@@ -22,6 +22,8 @@ pytest.importorskip("vllm", reason="vLLM is installed by `scripts/install.sh --t
 from audiorl.common.errors import RolloutServerError  # noqa: E402
 from audiorl.rollouts import SamplingParams  # noqa: E402
 
+from tests.test_end_to_end import read_metrics  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 GREEDY = SamplingParams(max_new_tokens=16, temperature=0.0)
@@ -309,11 +311,6 @@ def test_shards_are_contiguous_balanced_and_complete():
 
 
 # ------------------------------------------------------------- in training
-def read_metrics(output_dir: str) -> list[dict]:
-    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_grpo_through_two_rollout_servers_with_tis(servers, tiny_model_dir, pitch_data, tmp_path):
     from tests.conftest import AUDIORL, QUICKSTART, quick_overrides
 

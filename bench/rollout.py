@@ -26,47 +26,61 @@ RECIPE = os.path.join(REPO, "recipes", "quickstart.yaml")
 AUDIORL = os.path.join(os.path.dirname(sys.executable), "audiorl")
 
 
-def generation_bench(backend: str, model_dir: str, data_dir: str, args: argparse.Namespace) -> dict:
-    """Runs in a fresh process per backend (vLLM binds the process's threads on CPU)."""
-    code = f"""
-import json, os, time, sys
-sys.path.insert(0, {REPO!r})
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-from audiorl.data.audio import AudioStore
-from audiorl.model import load_audio_lm
-from audiorl.model.audio_embed import AudioEmbedder
-from audiorl.rl.config import RolloutConfig
-from audiorl.rl.prompts import PromptEncoder
-from audiorl.rollouts import SamplingParams, build_rollout_engine
+def generation_worker(backend: str, model_dir: str, data_dir: str, args: argparse.Namespace) -> None:
+    """The timed part of `generation_bench`, in this script's own child process (``--worker BACKEND``)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    sys.path.insert(0, REPO)
+    from audiorl.data.audio import AudioStore
+    from audiorl.model import load_audio_lm
+    from audiorl.model.audio_embed import AudioEmbedder
+    from audiorl.rl.config import RolloutConfig
+    from audiorl.rl.prompts import PromptEncoder
+    from audiorl.rollouts import SamplingParams, build_rollout_engine
 
-def main():
-    lm = load_audio_lm({model_dir!r})
-    store = AudioStore(); embedder = AudioEmbedder(lm, store); enc = PromptEncoder(lm, store)
-    rows = [json.loads(l) for l in open(os.path.join({data_dir!r}, "train.jsonl"))]
-    def requests(offset):
-        chosen = rows[offset:offset + {args.prompts}]
-        return [enc.request([{{"role": "user", "content": [{{"type": "audio", "audio": os.path.join({data_dir!r}, r["audio"])}},
-                 {{"type": "text", "text": r["prompt"]}}]}}], n={args.group}) for r in chosen]
+    lm = load_audio_lm(model_dir)
+    store = AudioStore()
+    embedder, encoder = AudioEmbedder(lm, store), PromptEncoder(lm, store)
+    with open(os.path.join(data_dir, "train.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+
+    def requests(offset: int):
+        return [
+            encoder.request(
+                [{"role": "user", "content": [{"type": "audio", "audio": os.path.join(data_dir, r["audio"])},
+                                              {"type": "text", "text": r["prompt"]}]}],
+                n=args.group,
+            )
+            for r in rows[offset : offset + args.prompts]
+        ]
+
     t = time.perf_counter()
-    engine = build_rollout_engine({backend!r}, lm, embedder, RolloutConfig(batch_size={args.prompts * args.group}), seed=0)
+    engine = build_rollout_engine(backend, lm, embedder, RolloutConfig(batch_size=args.prompts * args.group), seed=0)
     engine.update_weights(lm.model)
     start_s = time.perf_counter() - t
-    params = SamplingParams(max_new_tokens={args.max_new_tokens}, temperature=1.0)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
     engine.generate(requests(0), params)  # warm-up
     times, tokens = [], []
-    for k in range({args.repeats}):
-        reqs = requests((k + 1) * {args.prompts})
+    for k in range(args.repeats):
+        batch = requests((k + 1) * args.prompts)
         t = time.perf_counter()
-        out = engine.generate(reqs, params)
+        out = engine.generate(batch, params)
         times.append(time.perf_counter() - t)
         tokens.append(sum(len(c.token_ids) for g in out for c in g))
-    t = time.perf_counter(); engine.update_weights(lm.model); sync_s = time.perf_counter() - t
-    print("RESULT " + json.dumps({{"start_s": start_s, "times": times, "tokens": tokens, "sync_s": sync_s}}))
+    t = time.perf_counter()
+    engine.update_weights(lm.model)
+    sync_s = time.perf_counter() - t
+    engine.close()
+    print("RESULT " + json.dumps({"start_s": start_s, "times": times, "tokens": tokens, "sync_s": sync_s}))
 
-if __name__ == "__main__":
-    main()
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+
+def generation_bench(backend: str, model_dir: str, data_dir: str, args: argparse.Namespace) -> dict:
+    """Runs in a fresh process per backend (vLLM binds the process's threads on CPU)."""
+    command = [
+        sys.executable, os.path.abspath(__file__), "--worker", backend, "--model", model_dir, "--data", data_dir,
+        "--prompts", str(args.prompts), "--group", str(args.group),
+        "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"{backend} generation bench failed:\n{proc.stderr[-3000:]}")
     result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
@@ -110,7 +124,12 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--skip-grpo", action="store_true")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time one backend in this process
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        generation_worker(args.worker, args.model, args.data, args)
+        return
 
     work = tempfile.mkdtemp(prefix="audiorl-bench-")
     model_dir = args.model or os.path.join(work, "tiny")

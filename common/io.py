@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -32,3 +33,12 @@ def atomic_dir(path: str) -> Iterator[str]:
     os.replace(tmp, path)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_checkpoint_once(path: str, build: Callable[[str], object], what: str) -> None:
+    """Write a checkpoint at ``path`` with ``build(tmp_dir)`` unless one is there (atomically: never half-written)."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    logging.getLogger("audiorl").info("building %s in %s", what, path)
+    with atomic_dir(path) as tmp:
+        build(tmp)

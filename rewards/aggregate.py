@@ -8,8 +8,6 @@ sample no reward applies to gets NaN, and the trainer gives it no advantage).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,22 +15,9 @@ from typing import Any
 
 import numpy as np
 from audiorl.common.errors import ConfigError, RewardError
-from audiorl.rewards.registry import RewardFn, check_signature, required_columns, resolve_reward
-
-
-@dataclass(frozen=True)
-class BoundReward:
-    name: str  # how it is logged
-    fn: RewardFn
-    weight: float
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def accepts_all(self) -> bool:
-        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
-
-    def accepts(self, arg: str) -> bool:
-        return self.accepts_all or arg in inspect.signature(self.fn).parameters
+from audiorl.data.audio import SAMPLE_RATE, AudioStore
+from audiorl.rewards.calling import BoundReward
+from audiorl.rewards.registry import check_signature, required_columns, resolve_reward
 
 
 @dataclass
@@ -40,6 +25,7 @@ class RewardScores:
     names: list[str]
     values: np.ndarray  # [n, k], NaN where a reward returned None
     weights: np.ndarray  # [k]
+    errors: dict[str, int] = field(default_factory=dict)  # samples a reward failed on (on_error zero/skip)
     total: np.ndarray = field(init=False)  # [n]
 
     def __post_init__(self) -> None:
@@ -56,26 +42,35 @@ class RewardScores:
         return out
 
 
-def _snippet(text: object, limit: int = 80) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class RewardSet:
-    def __init__(self, specs: Sequence[Any]):
-        """``specs``: objects with ``name``, ``weight``, ``kwargs`` and optional ``alias`` (e.g. RewardSpec)."""
+    def __init__(self, specs: Sequence[Any], audio_store: Any = None):
+        """``specs``: objects with ``name``, ``weight``, ``kwargs`` and optional ``alias``, ``on_error``,
+        ``timeout_s``, ``workers``, ``batch_size`` (e.g. RewardSpec). ``audio_store``: where rewards
+        that take ``waveforms`` get them (the trainer's, so clips are decoded once)."""
+        self.audio_store = audio_store
         self.rewards: list[BoundReward] = []
         for spec in specs:
             fn = resolve_reward(spec.name)
             kwargs = dict(spec.kwargs or {})
             check_signature(spec.name, fn, kwargs)
+            check_kwargs = getattr(fn, "check_kwargs", None)  # a reward's own early check of its options
+            if check_kwargs is not None:
+                check_kwargs(**kwargs)
             name = getattr(spec, "alias", None) or spec.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
             if any(r.name == name for r in self.rewards):
                 raise ConfigError(f"two rewards are logged as '{name}': give one an 'alias'")
             weight = float(spec.weight)
             if not math.isfinite(weight):
                 raise ConfigError(f"reward '{name}' has a non-finite weight")
-            self.rewards.append(BoundReward(name, fn, weight, kwargs))
+            self.rewards.append(
+                BoundReward(
+                    name, spec.name, fn, weight, kwargs,
+                    on_error=getattr(spec, "on_error", "raise"),
+                    timeout_s=getattr(spec, "timeout_s", None),
+                    workers=getattr(spec, "workers", 0),
+                    batch_size=getattr(spec, "batch_size", None),
+                )
+            )
         if not self.rewards:
             raise ConfigError("no rewards configured: add at least one under 'rewards'")
 
@@ -91,84 +86,63 @@ class RewardSet:
         """Raise ConfigError if a reward needs a column that ``where`` (a dataset) lacks."""
         for r in self.rewards:
             missing = [c for c in required_columns(r.fn, dict(r.kwargs)) if c not in columns]
+            if r.accepts("waveforms") and "audio" not in columns:
+                missing.append("audio")
             if missing:
                 raise ConfigError(
                     f"reward '{r.name}' needs column(s) {', '.join(missing)} which {where} lacks "
                     f"(columns: {', '.join(columns)})"
                 )
 
-    def score(self, completions: Sequence[str], prompts: Sequence[str] | None = None, columns: Mapping[str, Sequence] | None = None) -> RewardScores:
+    def score(
+        self,
+        completions: Sequence[str],
+        prompts: Sequence[str] | None = None,
+        columns: Mapping[str, Sequence] | None = None,
+    ) -> RewardScores:
         columns = dict(columns or {})
         n = len(completions)
         for key, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"column '{key}' has {len(values)} values for {n} completions")
         values = np.full((n, len(self.rewards)), np.nan)
+        errors: dict[str, int] = {}
+        waveforms = None
         for j, r in enumerate(self.rewards):
-            values[:, j] = self._call(r, list(completions), prompts, columns)
-        return RewardScores(self.names, values, self.weights)
+            samples: dict[str, list] = {"completions": list(completions)}
+            constants: dict[str, Any] = {}
+            if prompts is not None and r.accepts("prompts"):
+                samples["prompts"] = list(prompts)
+            for key, col in columns.items():
+                if key not in ("completions", "prompts") and r.accepts(key):
+                    samples[key] = list(col)
+            if r.accepts("waveforms"):
+                if waveforms is None:
+                    waveforms = self._waveforms(r, columns.get("audio"), n)
+                samples["waveforms"] = waveforms
+            if r.accepts("sampling_rate"):
+                constants["sampling_rate"] = SAMPLE_RATE
+            values[:, j], failed = r(samples, constants)
+            if failed:
+                errors[r.name] = failed
+        return RewardScores(self.names, values, self.weights, errors)
 
-    # ------------------------------------------------------------------ calling
-    def _arguments(self, r: BoundReward, completions, prompts, columns, rows: slice) -> dict[str, Any]:
-        args: dict[str, Any] = {"completions": completions[rows]}
-        if prompts is not None and r.accepts("prompts"):
-            args["prompts"] = list(prompts)[rows]
-        for key, col in columns.items():
-            if key not in ("completions", "prompts") and r.accepts(key):
-                args[key] = list(col)[rows]
-        args.update(r.kwargs)
-        return args
-
-    @staticmethod
-    def _invoke(fn: RewardFn, args: dict[str, Any]) -> Any:
-        out = fn(**args)
-        if inspect.isawaitable(out):
-            out = asyncio.run(_await(out))
+    def _waveforms(self, r: BoundReward, audio: Sequence | None, n: int) -> list[list[np.ndarray]]:
+        """Each sample's clips at 16 kHz, from the ``audio`` column (paths), through the shared audio store."""
+        if audio is None:
+            raise RewardError(f"reward '{r.name}' takes 'waveforms' but the batch has no 'audio' column")
+        if self.audio_store is None:
+            self.audio_store = AudioStore()
+        out = []
+        for i, paths in enumerate(audio):
+            paths = paths if isinstance(paths, (list, tuple)) else [paths]
+            try:
+                out.append([self.audio_store.wave(self.audio_store.add_file(p)) for p in paths])
+            except Exception as exc:
+                raise RewardError(f"reward '{r.name}': the audio of sample {i} could not be read: {exc}") from exc
         return out
 
-    def _call(self, r: BoundReward, completions, prompts, columns) -> list[float]:
-        n = len(completions)
-        try:
-            out = self._invoke(r.fn, self._arguments(r, completions, prompts, columns, slice(None)))
-        except Exception as exc:
-            raise self._locate_failure(r, completions, prompts, columns, exc) from exc
-        if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-            raise RewardError(f"reward '{r.name}' returned {type(out).__name__}; it must return a list of {n} numbers")
-        out = list(out)
-        if len(out) != n:
-            raise RewardError(f"reward '{r.name}' returned {len(out)} values for {n} completions")
-        result = []
-        for i, v in enumerate(out):
-            if v is None:
-                result.append(math.nan)
-                continue
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                raise RewardError(
-                    f"reward '{r.name}' returned {v!r} for sample {i} (completion {_snippet(completions[i])!r}); "
-                    "rewards must be numbers or None"
-                ) from None
-            if not math.isfinite(f):
-                raise RewardError(
-                    f"reward '{r.name}' returned {f} for sample {i} (completion {_snippet(completions[i])!r}); "
-                    "return None for 'not applicable' instead of NaN/inf"
-                )
-            result.append(f)
-        return result
-
-    def _locate_failure(self, r: BoundReward, completions, prompts, columns, exc: Exception) -> RewardError:
-        """Re-run sample by sample to name the one that makes the reward raise."""
-        for i in range(len(completions)):
-            try:
-                self._invoke(r.fn, self._arguments(r, completions, prompts, columns, slice(i, i + 1)))
-            except Exception as sample_exc:  # noqa: BLE001 - any failure is reported with its sample
-                return RewardError(
-                    f"reward '{r.name}' raised {type(sample_exc).__name__}: {sample_exc} on sample {i} "
-                    f"(completion {_snippet(completions[i])!r})"
-                )
-        return RewardError(f"reward '{r.name}' raised {type(exc).__name__}: {exc} on a batch of {len(completions)}")
-
-
-async def _await(awaitable):
-    return await awaitable
+    def close(self) -> None:
+        """Stop the rewards' worker pools."""
+        for r in self.rewards:
+            r.close()

@@ -5,11 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import jiwer
 from audiorl.rewards.registry import reward
 from audiorl.rewards.text import answer_span, as_text, has_cjk, normalize, thinking
-
-CJK_LANGUAGES = {"zh", "cmn", "yue", "ja", "jp", "zh-cn", "zh-tw"}
 
 
 def _labels(label: object) -> list[str]:
@@ -93,42 +90,6 @@ def think_length(completions: Sequence, max_length: int = 256, unit: str = "word
         thought = thinking(as_text(completion))
         n = _length(thought, unit) if thought is not None else 0
         scores.append(1.0 if 0 < n <= max_length else 0.0)
-    return scores
-
-
-def _uses_cer(reference: str, language: object) -> bool:
-    if isinstance(language, str) and language:
-        return language.lower() in CJK_LANGUAGES
-    return has_cjk(reference)
-
-
-def error_rate(reference: str, hypothesis: str, cer: bool) -> float:
-    """WER (or CER) of normalised text; an empty reference scores 0 if the hypothesis is empty too, else 1."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    if cer:
-        ref, hyp = ref.replace(" ", ""), hyp.replace(" ", "")
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    if not hyp:
-        return 1.0
-    return float(jiwer.cer(ref, hyp) if cer else jiwer.wer(ref, hyp))
-
-
-@reward("asr_correctness")
-def asr_correctness(completions: Sequence, transcript: Sequence, language: Sequence | None = None, **_) -> list[float]:
-    """1 - WER (CER for Chinese/Japanese), clipped to [0, 1], on normalised text.
-
-    The hypothesis is the ``<answer>`` block if there is one, else the text after the thinking.
-
-    >>> asr_correctness(["<answer>The cat sat.</answer>", "the dog sat"], ["the cat sat", "the cat sat"])
-    [1.0, 0.6666666666666667]
-    """
-    languages = language if language is not None else [None] * len(completions)
-    scores = []
-    for completion, ref, lang in zip(completions, transcript, languages, strict=True):
-        hyp, _ = answer_span(as_text(completion))
-        rate = error_rate(str(ref), hyp, _uses_cer(str(ref), lang))
-        scores.append(max(0.0, 1.0 - rate))
     return scores
 
 

@@ -4,15 +4,32 @@ A reward is a function ``fn(completions, **columns) -> list[float | None]``: one
 completion (``None``: "does not apply to this sample", left out of that sample's weighted sum).
 It receives the completion texts, ``prompts`` (the rendered prompt texts) and every dataset column
 it names as a parameter (or all of them through ``**kwargs``), each as a list aligned with
-``completions``, plus the constructor arguments given in YAML under ``kwargs``.
+``completions``, plus the constructor arguments given in YAML under ``kwargs``. A reward that names
+``waveforms`` gets each sample's input audio (a list of float32 arrays at ``sampling_rate`` Hz,
+which it may also name) read from the ``audio`` column.
 
-In YAML a reward is named by its registered name (``label_accuracy``) or by ``module:function``.
+A reward function may carry ``fn.check_kwargs(**kwargs)``: it is called when a recipe is validated,
+before anything heavy loads, and raises ConfigError for bad options (a missing model path, say).
+
+A reward may also be a class: it is constructed once, on its first call, with the YAML ``kwargs``,
+and its instances are called like a reward function (state such as a loaded model lives there).
+
+In YAML a reward is named, in this order, by
+- its registered name (``label_accuracy``),
+- the name of an entry point in the ``audiorl.rewards`` group of an installed package,
+- ``path/to/file.py:function`` (a file, relative to the working directory or to the recipe),
+- ``package.module:function``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import inspect
+import os
+import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from audiorl.common.errors import ConfigError
 from audiorl.common.registry import Registry, import_object
@@ -21,8 +38,12 @@ RewardFn = Callable[..., list]
 
 REWARDS: Registry[RewardFn] = Registry("reward")
 
-#: Arguments the runtime passes to every reward; anything else a reward requires must be a dataset column.
-RUNTIME_ARGS = ("completions", "prompts")
+ENTRY_POINT_GROUP = "audiorl.rewards"
+
+#: Arguments the runtime passes; a reward gets them by naming them. Anything else it requires must be a dataset column.
+RUNTIME_ARGS = ("completions", "prompts", "waveforms", "sampling_rate")
+#: Runtime arguments passed only to rewards that name them (not through ``**kwargs``): they cost something to build.
+ON_REQUEST_ARGS = ("waveforms", "sampling_rate")
 
 
 def reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -35,45 +56,103 @@ def reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return REWARDS.register(name)  # type: ignore[return-value]
 
 
+def plugin_rewards() -> dict[str, object]:
+    """Rewards that installed packages declare as entry points in the ``audiorl.rewards`` group (name -> entry point)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _from_file(name: str) -> object:
+    path, _, attr = name.rpartition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"reward '{name}': file '{path}' does not exist")
+    path = os.path.abspath(path)
+    # One module per file, named after its path, so the file is executed once and its classes pickle by name.
+    module_name = "audiorl_reward_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise ConfigError(f"reward '{name}': importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"reward '{name}': '{path}' defines no '{attr}'")
+    return getattr(module, attr)
+
+
 def resolve_reward(name: str) -> RewardFn:
-    """A registered name or ``module:function``. Raises ConfigError naming the reward."""
-    import audiorl.rewards.builtin  # noqa: F401  (registers the built-ins)
+    """A registered name, an entry point, ``file.py:function`` or ``module:function``. Raises ConfigError naming the reward."""
+    import audiorl.rewards  # noqa: F401  (registers the built-ins)
 
     if name in REWARDS:
         return REWARDS.get(name)
-    if ":" not in name:
+    plugins = plugin_rewards()
+    if name in plugins:
+        try:
+            fn = plugins[name].load()
+        except Exception as exc:
+            raise ConfigError(f"reward '{name}' (entry point {plugins[name].value}) could not be loaded: {exc}") from exc
+    elif ":" not in name:
         REWARDS.get(name)  # raises with the registered names and the nearest one
-    try:
-        fn = import_object(name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"reward '{name}' could not be imported: {exc}") from exc
+    elif name.rpartition(":")[0].endswith(".py"):
+        fn = _from_file(name)
+    else:
+        try:
+            fn = import_object(name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"reward '{name}' could not be imported: {exc}") from exc
     if not callable(fn):
         raise ConfigError(f"reward '{name}' is not callable")
     return fn
 
 
+def call_signature(fn: object) -> inspect.Signature | None:
+    """The signature a reward is called with (a class: its instances' ``__call__``)."""
+    target = fn.__call__ if inspect.isclass(fn) else fn
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+
+
 def required_columns(fn: RewardFn, bound: dict) -> list[str]:
     """Parameters of ``fn`` that must come from dataset columns (no default, not runtime, not bound)."""
-    params = inspect.signature(fn).parameters.values()
+    sig = call_signature(fn)
+    if sig is None:
+        return []
+    bound = {} if inspect.isclass(fn) else bound  # a class takes its kwargs in the constructor
     return [
         p.name
-        for p in params
+        for p in sig.parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and p.default is p.empty
         and p.name not in RUNTIME_ARGS
         and p.name not in bound
+        and p.name != "self"
     ]
 
 
+def _check_accepts(what: str, sig: inspect.Signature, keys, name: str) -> None:
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in keys:
+        if key not in params:
+            raise ConfigError(f"reward '{name}' has no {what} '{key}' (given in its kwargs)")
+
+
 def check_signature(name: str, fn: RewardFn, bound: dict) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    sig = call_signature(fn)
+    if sig is None:
         return
     params = sig.parameters
     takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if "completions" not in params and not takes_var_kw:
         raise ConfigError(f"reward '{name}' must accept a 'completions' argument")
-    for key in bound:
-        if key not in params and not takes_var_kw:
-            raise ConfigError(f"reward '{name}' has no parameter '{key}' (given in its kwargs)")
+    if inspect.isclass(fn):
+        _check_accepts("constructor parameter", inspect.signature(fn), bound, name)
+    else:
+        _check_accepts("parameter", sig, bound, name)

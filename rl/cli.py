@@ -2,9 +2,11 @@
 
   audiorl train RECIPE [key=value ...]      train as the recipe says (RECIPE: a YAML path or a bundled name)
   audiorl validate RECIPE [key=value ...]   check a recipe without loading anything heavy
+  audiorl train-rm RECIPE [key=value ...]   train a reward model on preference pairs (rl/reward_model.py)
   audiorl make-tiny OUT [--seed N]          write the tiny random Qwen2-Audio used by tests and the quickstart
   audiorl make-data OUT [--task pitch|speech] [--seed N] ...   write an embedded data set
   audiorl recipes                           list the bundled recipes
+  audiorl rewards                           list the rewards a recipe can name (built-in and plug-ins)
   audiorl rollout-server --model DIR [--port N] ...   serve vLLM rollouts to trainers (rollout.vllm.mode=server)
 """
 
@@ -34,10 +36,17 @@ def resolve_recipe(name: str) -> str:
     raise ConfigError(f"recipe '{name}' is neither a file nor a bundled recipe ({', '.join(sorted(bundled))})")
 
 
+KIND_NAMES = {"rl": "an RL (SFT/GRPO)", "reward_model": "a reward-model"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiorl", description="RL post-training for audio language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "train as a recipe says"), ("validate", "check a recipe, load nothing heavy")):
+    for name, help_text in (
+        ("train", "train as a recipe says"),
+        ("validate", "check a recipe (RL or reward model), load nothing heavy"),
+        ("train-rm", "train a Bradley-Terry reward model on preference pairs"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML path or bundled recipe name")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=10")
@@ -52,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
     sub.add_parser("recipes", help="list the bundled recipes")
+    sub.add_parser("rewards", help="list the rewards a recipe can name")
     from audiorl.rollouts.server import build_parser
 
     build_parser(sub.add_parser("rollout-server", help="serve vLLM rollouts with audio to trainers over HTTP"))
@@ -72,17 +82,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command in ("train", "validate"):
-        from audiorl.rl.config import load_recipe, to_yaml
+    if args.command in ("train", "validate", "train-rm"):
+        from audiorl.rl.config import recipe_kind
 
-        config = load_recipe(resolve_recipe(args.recipe), args.overrides)
+        path = resolve_recipe(args.recipe)
+        kind = recipe_kind(path)
+        wanted = {"train": "rl", "train-rm": "reward_model"}.get(args.command, kind)
+        if kind != wanted:
+            command = "audiorl train-rm" if kind == "reward_model" else "audiorl train"
+            raise ConfigError(f"'{args.recipe}' is {KIND_NAMES[kind]} recipe: run it with `{command}`")
+        if kind == "reward_model":
+            from audiorl.rl.reward_model import load_rm_config, rm_config_to_yaml, train_reward_model
+
+            config, as_yaml, run = load_rm_config(path, args.overrides), rm_config_to_yaml, train_reward_model
+        else:
+            from audiorl.rl.config import load_recipe, to_yaml
+            from audiorl.rl.train import train
+
+            config, as_yaml, run = load_recipe(path, args.overrides), to_yaml, train
         if args.command == "validate":
-            print(to_yaml(config))
+            print(as_yaml(config))
             print(f"{args.recipe}: OK")
             return 0
-        from audiorl.rl.train import train
+        run(config)
+        return 0
+    if args.command == "rewards":
+        from audiorl.rewards import REWARDS, plugin_rewards
 
-        train(config)
+        for name in REWARDS.names():
+            doc = (REWARDS.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:26s} {doc[0] if doc else ''}")
+        for name, ep in sorted(plugin_rewards().items()):
+            print(f"{name:26s} (plug-in: {ep.value})")
         return 0
     if args.command == "make-tiny":
         from audiorl.model.tiny import build_tiny_qwen2_audio

@@ -78,6 +78,12 @@ class VLLMConfig:
     request_timeout_s: float = 600.0  # server mode: per request
     startup_timeout_s: float = 900.0  # server mode: how long to wait for servers to come up
     retries: int = 2  # server mode: retries after a connection failure or timeout
+    # server mode: how weights reach the servers. http (safetensors in the request body) | gloo | nccl
+    # (a process group: broadcast from the trainer) | auto (nccl when the trainer is on a GPU, else http)
+    weight_transport: str = "auto"
+    weight_transport_host: Optional[str] = None  # the trainer's address as the servers see it (default: from the route to the first server)
+    weight_transport_port: int = 0  # 0: any free port
+    weight_bucket_mb: int = 512  # tensors are packed into flat buffers of at most this size per broadcast
 
 
 @dataclass
@@ -96,10 +102,16 @@ class RolloutConfig:
 
 @dataclass
 class RewardSpec:
-    name: str = MISSING  # registered name (label_accuracy, cot_format, think_length, asr_correctness, mcq_accuracy) or module:function
+    # a registered name (`audiorl rewards` lists them), an entry point of the `audiorl.rewards` group,
+    # path/to/file.py:function (relative to the working directory or the recipe) or module:function
+    name: str = MISSING
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     alias: Optional[str] = None  # name used in logs (default: the function's name)
+    on_error: str = "raise"  # raise | zero | skip: what a sample the reward fails on gets
+    timeout_s: Optional[float] = None  # per call; a call that overruns counts as failing
+    workers: int = 0  # >0: run in that many worker processes (CPU-heavy rewards)
+    batch_size: Optional[int] = None  # samples per call (default: the whole batch, or split across workers)
 
 
 @dataclass
@@ -163,6 +175,7 @@ CHOICES = {
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),
     "rollout.vllm.mode": ("colocate", "server"),
+    "rollout.vllm.weight_transport": ("auto", "http", "gloo", "nccl"),
 }
 
 
@@ -179,15 +192,17 @@ def _valid_keys(schema: Any, path: list[str]) -> list[str]:
     return []
 
 
-def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+def _explain(exc: OmegaConfBaseException, source: str, schema: type = None) -> ConfigError:
+    """An OmegaConf error as a ConfigError naming the file, the key and (unknown keys) the nearest valid one."""
+    schema = schema or RecipeConfig
     key = re.sub(r"\[(\d+)\]", r".\1", getattr(exc, "full_key", None) or "")
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
         parent, _, leaf = key.rpartition(".")
         parent_path = [p for p in parent.split(".") if p and not p.isdigit()] if parent else []
-        if parent_path[:1] == ["rewards"]:
+        if schema is RecipeConfig and parent_path[:1] == ["rewards"]:
             valid = [f.name for f in dataclasses.fields(RewardSpec)]
         else:
-            valid = _valid_keys(RecipeConfig(), parent_path)
+            valid = _valid_keys(schema(), parent_path)
         return ConfigError(f"{source}: unknown key '{key}'{nearest(leaf, valid)}; valid keys here: {', '.join(valid)}")
     if isinstance(exc, MissingMandatoryValue):
         return ConfigError(f"{source}: '{key}' is required but not set")
@@ -207,10 +222,18 @@ def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
         OmegaConf.update(config, key, value, merge=True)
 
 
-def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:
-    """Merge the schema defaults, the YAML at ``path`` and ``key=value`` overrides; then validate."""
-    schema = OmegaConf.structured(RecipeConfig)
-    merged = schema
+def recipe_kind(path: str) -> str:
+    """``reward_model`` for a recipe that says ``recipe: reward_model`` (``audiorl train-rm``), else ``rl``."""
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"recipe '{path}' could not be read: {exc}") from None
+    return "reward_model" if isinstance(loaded, DictConfig) and loaded.get("recipe") == "reward_model" else "rl"
+
+
+def load_config(schema: type, path: str | None = None, overrides: list[str] | None = None) -> Any:
+    """Merge the ``schema`` dataclass's defaults, the YAML at ``path`` and ``key=value`` overrides (unvalidated)."""
+    merged = OmegaConf.structured(schema)
     source = path or "<defaults>"
     try:
         if path is not None:
@@ -224,11 +247,28 @@ def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> 
             source = f"{source} + overrides"
             _apply_overrides(merged, overrides)
         OmegaConf.resolve(merged)
-        config: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _explain(exc, source) from None
+        raise _explain(exc, source, schema) from None
+
+
+def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Merge the schema defaults, the YAML at ``path`` and ``key=value`` overrides; then validate."""
+    config: RecipeConfig = load_config(RecipeConfig, path, overrides)
+    if path is not None:
+        _anchor_reward_files(config, os.path.dirname(os.path.abspath(path)))
     validate(config)
     return config
+
+
+def _anchor_reward_files(config: RecipeConfig, recipe_dir: str) -> None:
+    """A reward named ``file.py:fn`` that is not in the working directory is looked for next to the recipe."""
+    for spec in config.rewards:
+        path, sep, attr = spec.name.rpartition(":")
+        if sep and path.endswith(".py") and not os.path.isabs(path) and not os.path.isfile(path):
+            candidate = os.path.join(recipe_dir, path)
+            if os.path.isfile(candidate):
+                spec.name = f"{candidate}:{attr}"
 
 
 def to_yaml(config: RecipeConfig) -> str:
@@ -265,6 +305,7 @@ def validate(config: RecipeConfig) -> None:
         "rollout.vllm.max_model_len": config.rollout.vllm.max_model_len,
         "rollout.vllm.request_timeout_s": config.rollout.vllm.request_timeout_s,
         "rollout.vllm.startup_timeout_s": config.rollout.vllm.startup_timeout_s,
+        "rollout.vllm.weight_bucket_mb": config.rollout.vllm.weight_bucket_mb,
     }
     for key, value in positive.items():
         if value <= 0:

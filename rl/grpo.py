@@ -96,6 +96,8 @@ class AudioGRPOTrainer(GRPOTrainer):
                 for name, value in scores.means().items():
                     if value == value:  # skip NaN: the reward applied to no sample of this batch
                         log_metric(f"rewards/{name}/mean", value)
+                for name, count in scores.errors.items():
+                    log_metric(f"rewards/{name}/errors", float(count))
             return [None if v != v else float(v) for v in scores.total]
 
         return total

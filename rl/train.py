@@ -64,13 +64,13 @@ def resolve_device(name: str) -> str:
 # ------------------------------------------------------------------- preparing
 def prepare_inputs(config: RecipeConfig) -> None:
     """Build the tiny model and synthesise the embedded data set where the recipe asks for them."""
-    if config.model.build_tiny and not os.path.isfile(os.path.join(config.model.path, "config.json")):
-        from audiorl.common.io import atomic_dir
+    if config.model.build_tiny:
+        from audiorl.common.io import build_checkpoint_once
         from audiorl.model.tiny import build_tiny_qwen2_audio
 
-        log.info("building the tiny Qwen2-Audio in %s", config.model.path)
-        with atomic_dir(config.model.path) as tmp:
-            build_tiny_qwen2_audio(tmp, seed=config.model.tiny_seed)
+        build_checkpoint_once(
+            config.model.path, lambda out: build_tiny_qwen2_audio(out, seed=config.model.tiny_seed), "the tiny Qwen2-Audio"
+        )
     synth = config.data.synthesize
     if synth is not None and not os.path.isfile(config.data.train):
         from audiorl.data.synth import make_dataset
@@ -115,6 +115,7 @@ def open_session(config: RecipeConfig) -> Session:
     encoder = lm.audio_encoder()
     encoder.requires_grad_(not config.model.freeze_audio_encoder)
     store = AudioStore()
+    rewards.audio_store = store  # rewards that take waveforms read the clips the trainer already decoded
     embedder = AudioEmbedder(lm, store, cache_bytes=config.model.audio_cache_mb << 20)
     prompts = PromptEncoder(lm, store)
     engine = build_rollout_engine(config.rollout.backend, lm, embedder, config.rollout, seed=config.seed)
@@ -366,6 +367,7 @@ def train(config: RecipeConfig) -> dict[str, Any]:
         after = run_eval(s, config.grpo.max_steps if config.grpo.enabled else 0, "after")
     finally:
         s.engine.close()
+        s.rewards.close()
     paths = save_outputs(s)
 
     accuracy_key = next((k for k in before if "accuracy" in k), next(iter(before), None))

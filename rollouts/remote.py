@@ -16,11 +16,13 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlparse
 
 from audiorl.common.errors import RolloutServerError
 from audiorl.rollouts import wire
 from audiorl.rollouts.base import Completion, RolloutEngine, RolloutRequest, SamplingParams
 from audiorl.rollouts.sync import WeightSync
+from audiorl.rollouts.weight_transport import GroupSender
 from torch import nn
 
 
@@ -34,10 +36,13 @@ class ServerClient:
         self.retry_wait_s = retry_wait_s
         self.known_clips: set[str] = set()
 
-    def call(self, path: str, body: bytes | None = None, timeout_s: float | None = None) -> tuple[int, dict]:
+    def call(
+        self, path: str, body: bytes | None = None, timeout_s: float | None = None, retries: int | None = None
+    ) -> tuple[int, dict]:
         timeout = timeout_s or self.timeout_s
+        retries = self.retries if retries is None else retries
         last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             if attempt:
                 time.sleep(self.retry_wait_s * attempt)
             request = urllib.request.Request(self.url + path, data=body, method="GET" if body is None else "POST")
@@ -56,7 +61,7 @@ class ServerClient:
         reason = getattr(last, "reason", last)
         raise RolloutServerError(
             f"rollout server {self.url} did not answer {path} within {timeout:g} s "
-            f"({self.retries + 1} attempts): {reason}"
+            f"({retries + 1} attempts): {reason}"
         )
 
     def wait_ready(self, timeout_s: float) -> dict:
@@ -71,6 +76,16 @@ class ServerClient:
                         f"rollout server {self.url} not ready after {timeout_s:g} s: {exc}"
                     ) from None
                 time.sleep(1.0)
+
+
+def _address_towards(url: str) -> str:
+    """This machine's address on the route to ``url`` (what a server there can connect back to)."""
+    import socket
+
+    parsed = urlparse(url)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((parsed.hostname or "127.0.0.1", parsed.port or 80))  # UDP: picks the route, sends nothing
+        return s.getsockname()[0]
 
 
 def _json_or_text(raw: bytes) -> dict:
@@ -106,6 +121,10 @@ class RemoteRolloutEngine(RolloutEngine):
             raise RolloutServerError("rollout.vllm.mode is 'server' but rollout.vllm.servers is empty")
         self.servers = [ServerClient(url, v.request_timeout_s, v.retries) for url in v.servers]
         self.sync = WeightSync(lm)
+        self.transport = v.weight_transport
+        if self.transport == "auto":
+            self.transport = "nccl" if next(lm.model.parameters()).is_cuda else "http"
+        self._group: Any = None
         self.calls = 0
         self._pool = ThreadPoolExecutor(max_workers=len(self.servers))
         for server, info in zip(self.servers, self._pool.map(lambda s: s.wait_ready(v.startup_timeout_s), self.servers)):
@@ -140,6 +159,7 @@ class RemoteRolloutEngine(RolloutEngine):
             "params": wire.encode_params(params),
             "call": call,
             "first_prompt": first,
+            "seed": self.seed,  # the recipe's seed, not the server's: `seed=` changes what every server samples
         }
         clips = {c.key: c for r in requests for c in r.clips}
         send = [k for k in clips if k not in server.known_clips]
@@ -154,8 +174,21 @@ class RemoteRolloutEngine(RolloutEngine):
         raise RolloutServerError(f"rollout server {server.url} keeps losing clips {send[:3]}...: raise --clip-cache-mb")
 
     def update_weights(self, model: nn.Module) -> None:
-        blob = wire.encode_weights(self.sync.changed(model))
-        list(self._pool.map(lambda s: s.call("/weights", blob), self.servers))
+        state = self.sync.changed(model)
+        if self.transport == "http":
+            blob = wire.encode_weights(state)
+            list(self._pool.map(lambda s: s.call("/weights", blob), self.servers))
+        else:
+            self._broadcast(state)
+
+    def _broadcast(self, state: dict[str, Any]) -> None:
+        if self._group is None:
+            v = self.config.vllm
+            self._group = GroupSender(
+                self.servers, self.transport, v.weight_transport_host or _address_towards(self.servers[0].url),
+                v.weight_transport_port, v.request_timeout_s, v.weight_bucket_mb << 20, self._pool,
+            )
+        self._group.send(state)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -3,9 +3,13 @@
 Endpoints (JSON unless said):
   GET  /health       model, vocabulary, weights version; answers while a generation runs
   POST /generate     {"prompts": [{"prompt_ids", "clips": [key...], "n"}], "clips": {key: wave},
-                      "params": {...}, "call": int, "first_prompt": int} -> {"completions": [[...]]}
+                      "params": {...}, "call": int, "first_prompt": int, "seed": int} -> {"completions": [[...]]}
                      409 {"missing": [key...]} when a clip is neither sent nor held
   POST /weights      body: safetensors of hub-named tensors -> {"tensors": n, "version": v}
+  POST /group/join   {"backend", "host", "port", "rank", "world_size", "timeout_s", "bucket_bytes"}: join the
+                     trainer's weight group (answers at once; the group forms when all ranks joined)
+  POST /group/receive {"tensors": [[name, dtype, shape]...]}: receive them by broadcast, load them
+                     -> {"tensors": n, "version": v}
   POST /sleep, /wake_up
 """
 
@@ -20,6 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import torch
 from audiorl.data.audio import WaveCache
 from audiorl.rollouts import wire
 from audiorl.rollouts.vllm_worker import VLLMWorker, WorkerPrompt, vllm_environment
@@ -32,6 +37,7 @@ class RolloutServer:
         self.clips = WaveCache(clip_cache_mb * 2**20)
         self.version = 0
         self.lock = threading.Lock()  # one vLLM call at a time
+        self.group: Any = None  # the trainer's weight group, once joined
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "weights_version": self.version, **self.info}
@@ -48,7 +54,11 @@ class RolloutServer:
                 for p in body["prompts"]
             ]
             results = self.worker.generate(
-                prompts, wire.decode_params(body["params"]), call=body.get("call"), first_prompt=body.get("first_prompt", 0)
+                prompts,
+                wire.decode_params(body["params"]),
+                call=body.get("call"),
+                first_prompt=body.get("first_prompt", 0),
+                seed=body.get("seed"),
             )
         return 200, {"completions": [[wire.encode_completion(c) for c in group] for group in results]}
 
@@ -56,6 +66,28 @@ class RolloutServer:
         state = wire.decode_weights(blob)
         with self.lock:
             n = self.worker.load_weights(state.items())
+            self.version += 1
+        return {"tensors": n, "version": self.version}
+
+    def join_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        from audiorl.rollouts.weight_transport import ServerSide
+
+        device = torch.device("cuda", torch.cuda.current_device()) if body["backend"] == "nccl" else torch.device("cpu")
+        self.group = ServerSide(
+            body["backend"], body["host"], int(body["port"]), int(body["rank"]), int(body["world_size"]),
+            float(body["timeout_s"]), int(body["bucket_bytes"]), device,
+        )
+        return {"joining": True}
+
+    def receive_weights(self, body: dict[str, Any]) -> dict[str, Any]:
+        from audiorl.rollouts.weight_transport import TensorMeta
+
+        if self.group is None:
+            raise RuntimeError("no weight group: POST /group/join first")
+        metas = [TensorMeta.from_json(item) for item in body["tensors"]]
+        with self.lock:
+            weights = self.group.receive(metas)
+            n = self.worker.load_weights(weights)
             self.version += 1
         return {"tensors": n, "version": self.version}
 
@@ -93,6 +125,10 @@ def make_handler(server: RolloutServer) -> type[BaseHTTPRequestHandler]:
                     self._reply(*server.generate(json.loads(body)))
                 elif self.path == "/weights":
                     self._reply(200, server.load_weights(body))
+                elif self.path == "/group/join":
+                    self._reply(200, server.join_group(json.loads(body)))
+                elif self.path == "/group/receive":
+                    self._reply(200, server.receive_weights(json.loads(body)))
                 elif self.path in ("/sleep", "/wake_up"):
                     self._reply(200, server.sleep(wake=self.path == "/wake_up"))
                 else:
@@ -109,7 +145,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (the chosen URL is printed)")
     p.add_argument("--dtype", default="auto", help="auto (the dtype the checkpoint's config names) | float32 | bfloat16 | float16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed for requests that name none (audiorl trainers send theirs)")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--kv-cache-mb", type=int, default=None, help="KV cache size (default: 256 on CPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)

@@ -110,17 +110,24 @@ class VLLMWorker:
 
     # ---------------------------------------------------------------- generate
     def generate(
-        self, prompts: Sequence[WorkerPrompt], params: SamplingParams, call: int | None = None, first_prompt: int = 0
+        self,
+        prompts: Sequence[WorkerPrompt],
+        params: SamplingParams,
+        call: int | None = None,
+        first_prompt: int = 0,
+        seed: int | None = None,
     ) -> list[list[Completion]]:
         """``prompt.n`` completions per prompt.
 
         Seeds come from (``seed``, ``call``, ``first_prompt`` + the prompt's index, the completion's
         index): a server given a slice of a call's prompts samples what one engine given all would.
+        ``seed`` is the trainer's (a server's own ``--seed`` when the request names none).
         """
         from vllm import SamplingParams as VLLMSamplingParams
 
         self.wake_up()
         call = self.calls if call is None else call
+        seed = self.seed if seed is None else seed
         self.calls += 1
         inputs, sampling, owners = [], [], []
         for i, prompt in enumerate(prompts):
@@ -138,7 +145,7 @@ class VLLMWorker:
                         temperature=params.temperature,
                         top_p=params.top_p,
                         top_k=params.top_k if params.top_k > 0 else -1,
-                        seed=None if params.greedy else _request_seed(self.seed, call, first_prompt + i, k),
+                        seed=None if params.greedy else _request_seed(seed, call, first_prompt + i, k),
                         stop_token_ids=self.stop_token_ids,
                         logit_bias=self.logit_bias or None,
                         logprobs=0,  # the sampled token's log-prob

@@ -58,3 +58,46 @@ def fails_on_row_3(completions, _row, **_):
     if 3 in _row:
         raise RuntimeError("row 3 is unscorable")
     return [0.0] * len(completions)
+
+
+def pid(completions, **_):
+    import os
+
+    return [float(os.getpid())] * len(completions)
+
+
+def slow_on_slow(completions, delay: float = 30.0, **_):
+    import time
+
+    if any("slow" in c for c in completions):
+        time.sleep(delay)
+    return [1.0] * len(completions)
+
+
+class CountingReward:
+    """A stateful reward: constructed once with its kwargs, then called like a function."""
+
+    constructed = 0
+
+    def __init__(self, bonus: float = 0.0):
+        type(self).constructed += 1
+        self.bonus = bonus
+        self.calls = 0
+
+    def __call__(self, completions, label):
+        self.calls += 1
+        return [float(c == lab) + self.bonus for c, lab in zip(completions, label)]
+
+
+def answer_matches_measured_pitch(completions, waveforms, sampling_rate):
+    """A label-free reward: 1 when the answer (high/low) agrees with the pitch measured from the input audio."""
+    import numpy as np
+
+    scores = []
+    for completion, clips in zip(completions, waveforms):
+        wave = clips[0]
+        spectrum = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
+        f0 = np.fft.rfftfreq(wave.size, 1.0 / sampling_rate)[int(np.argmax(spectrum))]
+        measured = "high" if f0 > 600 else "low"
+        scores.append(1.0 if completion.strip().lower().endswith(measured) else 0.0)
+    return scores

@@ -28,8 +28,13 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", all_recipes(), ids=os.path.basename)
 def test_every_bundled_recipe_validates(path):
-    config = load_recipe(path)
-    assert isinstance(config, RecipeConfig)
+    from audiorl.rl.config import recipe_kind
+    from audiorl.rl.reward_model import RewardModelConfig, load_rm_config
+
+    if recipe_kind(path) == "reward_model":
+        assert isinstance(load_rm_config(path), RewardModelConfig)
+    else:
+        assert isinstance(load_recipe(path), RecipeConfig)
 
 
 def test_overrides_and_interpolation():
@@ -116,3 +121,23 @@ def test_rollout_backend_auto_is_hf_on_cpu_and_vllm_is_accepted():
 def test_vllm_settings_are_checked_before_anything_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(QUICKSTART, overrides)
+
+
+def test_cli_sends_each_recipe_kind_to_its_command(capsys):
+    from audiorl.rl.cli import main
+
+    assert main(["validate", "train_rm"]) == 0
+    assert "train_rm: OK" in capsys.readouterr().out
+    assert main(["train", "train_rm"]) == 2
+    assert "'train_rm' is a reward-model recipe: run it with `audiorl train-rm`" in capsys.readouterr().err
+    assert main(["train-rm", QUICKSTART]) == 2
+    assert "is an RL (SFT/GRPO) recipe: run it with `audiorl train`" in capsys.readouterr().err
+
+
+def test_cli_lists_the_rewards(capsys):
+    from audiorl.rl.cli import main
+
+    assert main(["rewards"]) == 0
+    out = capsys.readouterr().out
+    for name in ("asr_correctness", "paralinguistic_accuracy", "mcq_accuracy", "preference_model", "llm_judge"):
+        assert name in out

@@ -52,7 +52,10 @@ def wheel(tmp_path_factory) -> str:
 def test_wheel_holds_only_the_audiorl_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert all(n.startswith(("audiorl/", "audiorl-")) for n in names), [n for n in names if not n.startswith("audiorl")]
-    for expected in ("audiorl/rl/cli.py", "audiorl/rewards/builtin.py", "audiorl/model/tiny.py", "audiorl/recipes/quickstart.yaml"):
+    for expected in (
+        "audiorl/rl/cli.py", "audiorl/rewards/builtin.py", "audiorl/model/tiny.py", "audiorl/recipes/quickstart.yaml",
+        "audiorl/recipes/train_rm.yaml", "audiorl/rewards/data/english_spelling.json",  # package data
+    ):
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "audiorl = audiorl.rl.cli:main" in entry_points
@@ -74,7 +77,9 @@ def test_built_wheel_imports_on_its_own(wheel, tmp_path):
         "from audiorl.rl.cli import bundled_recipes\n"
         "from audiorl.rl.config import load_recipe\n"
         "print(sorted(bundled_recipes()))\n"
-        "load_recipe(bundled_recipes()['quickstart'], ['output_dir=/tmp/never'])\n",
+        "load_recipe(bundled_recipes()['quickstart'], ['output_dir=/tmp/never'])\n"
+        "from audiorl.rewards.asr import normalize_transcript\n"
+        "assert normalize_transcript('The colour, Mr. Smith!', 'en') == 'the color mister smith'\n",
         cwd=str(tmp_path),
     )
     assert "quickstart" in out

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from audiorl.common.errors import AudioRLError, ConfigError, RewardError
 from audiorl.rewards import REWARDS, RewardSet, resolve_reward, reward
-from audiorl.rewards.builtin import asr_correctness, cot_format, label_accuracy, mcq_accuracy, think_length
+from audiorl.rewards.asr import asr_correctness
+from audiorl.rewards.builtin import cot_format, label_accuracy, mcq_accuracy, think_length
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

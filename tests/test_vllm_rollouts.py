@@ -140,14 +140,17 @@ def greedy_ids(engine, requests):
     return [g[0].token_ids for g in engine.generate([replace(r, n=1) for r in requests], GREEDY)]
 
 
-def test_server_greedy_equals_transformers_before_and_after_lora_updates(servers, setup):
+@pytest.mark.parametrize("transport,n_servers", [("http", 1), ("gloo", 2)])
+def test_server_greedy_equals_transformers_before_and_after_lora_updates(servers, setup, transport, n_servers):
+    """Weights reach the servers in the request body (http) or by a process-group broadcast (gloo; NCCL on GPU)."""
     from audiorl.rollouts.hf import HFRolloutEngine
     from audiorl.rollouts.remote import RemoteRolloutEngine
     from peft import LoraConfig, get_peft_model
 
     lm, embedder, requests = setup
     hf = HFRolloutEngine(lm, embedder)
-    remote = RemoteRolloutEngine(lm, embedder, rollout_config(servers[:1]), seed=0)
+    remote = RemoteRolloutEngine(lm, embedder, rollout_config(servers[:n_servers], weight_transport=transport), seed=0)
+    assert remote.transport == transport
     remote.update_weights(lm.model)
     assert greedy_ids(remote, requests) == greedy_ids(hf, requests)
 
@@ -181,6 +184,12 @@ def test_two_servers_sample_what_one_server_samples(servers, setup):
     assert a == b
     assert [len(g) for g in b] == [3] * len(requests)
     assert len({tuple(t) for g in a for t in g}) > len(requests), "sampled completions should differ"
+    # The trainer's seed, not the server's --seed, decides the samples.
+    other = RemoteRolloutEngine(lm, embedder, rollout_config(servers[:1]), seed=1)
+    c = [[c.token_ids for c in g] for g in other.generate(requests, SAMPLED)]
+    assert c != a
+    for engine in (one, two, other):
+        engine.close()
 
 
 def test_incompatible_server_is_refused(servers, setup):

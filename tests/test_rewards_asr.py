@@ -256,3 +256,21 @@ def test_very_long_completion():
     text = "<think>" + "word " * 100_000 + "</think><answer>" + "the cat sat " * 1000 + "</answer>"
     assert asr_correctness([text], ["the cat sat"], language="en") == [0.0]
     assert asr_edit_distance([text], ["the cat sat"]) == [-2997.0]
+
+
+def test_evaluation_reports_the_corpus_rate_of_each_asr_reward():
+    from types import SimpleNamespace
+
+    from audiorl.rewards import RewardSet
+    from audiorl.rl.evaluate import asr_corpus_rates
+
+    def spec(name, **kwargs):
+        return SimpleNamespace(name=name, weight=1.0, kwargs=kwargs, alias=None)
+
+    rewards = RewardSet([spec("asr_correctness"), spec("cot_format")])
+    texts = ["<think>x</think><answer>the cat sat</answer>", "<answer>hello there</answer>"]
+    columns = {"transcript": ["the cat sat on the mat", "hi"]}
+    scores = rewards.score(texts, columns=columns)
+    rates = asr_corpus_rates(rewards, scores, texts, columns)
+    assert rates == {"eval/asr_correctness/corpus_wer": pytest.approx(5 / 7)}  # (3 deletions + 2 edits) / 7 words
+    assert scores.means()["asr_correctness"] == pytest.approx(0.25)  # the mean of per-sample rewards differs

@@ -469,7 +469,7 @@ def _run_sync(coro: Any) -> Any:
 
 
 class Judge:
-    """One judge configuration (the ``llm_judge`` kwargs) with its caches and counters.
+    """An LLM judge's grade of each completion in [0, 1] (None: no grade in its answer); keeps caches and counters.
 
     Call it like the reward (``judge(completions, prompts, **columns)``) or await :meth:`ascore`.
     Options are checked here and raise ConfigError naming the reward.

@@ -193,7 +193,9 @@ class ServerSide:
             self._ready.set()
 
     def receive(self, metas: Sequence[TensorMeta]) -> list[tuple[str, torch.Tensor]]:
-        if not self._ready.wait(self.timeout_s) or self.group is None:
+        # The join gives up after timeout_s itself; waiting a little longer lets its thread end first (a
+        # thread still inside the C++ store at interpreter exit aborts the process).
+        if not self._ready.wait(self.timeout_s + 10) or self.group is None:
             raise RuntimeError(f"joining the trainer's weight group failed: {self.error or 'timed out'}")
         tensors = broadcast(self.group, metas, self.bucket_bytes, self.device)
         return [(m.name, t) for m, t in zip(metas, tensors)]

@@ -55,3 +55,4 @@ def test_a_server_that_cannot_join_says_why():
     side = ServerSide("gloo", "127.0.0.1", 1, 1, 2, 1.0, bucket_bytes=64, device=torch.device("cpu"))  # nobody on port 1
     with pytest.raises(RuntimeError, match="joining the trainer's weight group failed"):
         side.receive([TensorMeta("w", "float32", (1,))])
+    assert not side._thread.is_alive()  # the join gave up and its thread ended

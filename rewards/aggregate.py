@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from audiorl.common.errors import ConfigError, RewardError
 from audiorl.data.audio import SAMPLE_RATE, AudioStore
-from audiorl.rewards.calling import BoundReward
+from audiorl.rewards.calling import EXECUTION_OPTIONS, BoundReward
 from audiorl.rewards.registry import check_signature, required_columns, resolve_reward
 
 
@@ -62,15 +62,8 @@ class RewardSet:
             weight = float(spec.weight)
             if not math.isfinite(weight):
                 raise ConfigError(f"reward '{name}' has a non-finite weight")
-            self.rewards.append(
-                BoundReward(
-                    name, spec.name, fn, weight, kwargs,
-                    on_error=getattr(spec, "on_error", "raise"),
-                    timeout_s=getattr(spec, "timeout_s", None),
-                    workers=getattr(spec, "workers", 0),
-                    batch_size=getattr(spec, "batch_size", None),
-                )
-            )
+            options = {k: getattr(spec, k) for k in EXECUTION_OPTIONS if hasattr(spec, k)}  # else BoundReward's defaults
+            self.rewards.append(BoundReward(name, spec.name, fn, weight, kwargs, **options))
         if not self.rewards:
             raise ConfigError("no rewards configured: add at least one under 'rewards'")
 

@@ -29,6 +29,7 @@ from audiorl.rewards.registry import ON_REQUEST_ARGS, RewardFn, call_signature, 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "zero", "skip")
+EXECUTION_OPTIONS = ("on_error", "timeout_s", "workers", "batch_size")  # per-reward settings in a recipe
 
 
 class RewardTimeout(Exception):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from audiorl.common.errors import ConfigError, DataError, nearest
+from audiorl.rl.config import LoraConfig
 from omegaconf import MISSING, OmegaConf
 
 log = logging.getLogger("audiorl")
@@ -47,13 +48,12 @@ class RMModelConfig:
 
 
 @dataclass
-class RMLoraConfig:
+class RMLoraConfig(LoraConfig):
+    """The RL recipe's LoRA block, off by default; ``target_modules`` null: attention and MLP projections.
+
+    The score head is always trained in full (PEFT ``modules_to_save``)."""
+
     enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: Optional[str] = None  # regex over module names; default: attention and MLP projections
-    # the score head is always trained in full (PEFT modules_to_save)
 
 
 @dataclass

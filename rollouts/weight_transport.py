@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,10 +36,7 @@ class TensorMeta:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def to_json(self) -> list:
         return [self.name, self.dtype, list(self.shape)]

@@ -5,7 +5,8 @@
 
 Each built-in scores the same kind of completions it meets in training (a ``<think>`` block and an
 ``<answer>``), called the way the trainer calls it. The last table scores long English transcripts
-(CPU-heavy: Whisper normalisation + WER) in the trainer's process and in ``--workers`` processes.
+(CPU-heavy: Whisper normalisation + WER) in the trainer's process and in ``--workers`` processes,
+and what starting those processes costs.
 Prints markdown tables (the rows of BENCHMARKS.md).
 """
 
@@ -82,12 +83,14 @@ def main() -> None:
     for workers in (0, args.workers):
         rewards = RewardSet([spec("asr_correctness", workers=workers, kwargs={"language": "en"})])
         try:
-            rewards.score(long_hyps[:4], columns={"transcript": long_refs[:4]})  # start the pool
+            start = best_of(1, lambda: rewards.score(long_hyps[:4], columns={"transcript": long_refs[:4]}))  # the pool
             s = best_of(args.repeats, lambda: rewards.score(long_hyps, columns={"transcript": long_refs}))
         finally:
             rewards.close()
         where = "trainer's process" if workers == 0 else f"{workers} worker processes"
         print(f"| {where} | {s:.2f} | {args.n / s:,.0f} |", flush=True)
+    # A reward's timeout_s also covers this, on its first call and after every timeout (the pool is rebuilt).
+    print(f"\nFirst call in {args.workers} new worker processes (starting them, 4 samples): {start:.2f} s")
 
 
 if __name__ == "__main__":

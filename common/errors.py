@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class AudioRLError(ValueError):
@@ -34,3 +36,29 @@ def nearest(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest candidate, or '' when none is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+_missing_inputs: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("missing_inputs", default=None)
+
+
+def missing_input(message: str) -> None:
+    """A file the recipe names is not on this machine: a ConfigError, or a note under ``collect_missing_inputs``.
+
+    ``audiorl validate`` checks a recipe on any machine (a laptop, before a cluster run whose
+    checkpoints and data live elsewhere): there, missing inputs are listed, not fatal. ``train``
+    always stops on them, before anything loads.
+    """
+    notes = _missing_inputs.get()
+    if notes is None:
+        raise ConfigError(message)
+    notes.append(message)
+
+
+@contextmanager
+def collect_missing_inputs() -> Iterator[list[str]]:
+    notes: list[str] = []
+    token = _missing_inputs.set(notes)
+    try:
+        yield notes
+    finally:
+        _missing_inputs.reset(token)

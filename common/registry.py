@@ -1,7 +1,10 @@
-"""A name -> object registry shared by rewards, rollout backends, advantage estimators and models.
+"""A name -> object registry shared by rewards, rollout backends, models, RL algorithms and their parts
+(advantage estimators, policy losses, loss aggregations, value losses, preference losses, KL estimators).
 
 Entries may be objects or lazy ``"module:attr"`` strings, so that heavy optional backends (vLLM)
-are imported only when chosen. Duplicates are refused; unknown names list the valid ones.
+are imported only when chosen. Duplicates are refused; unknown names list the valid ones. A
+registry built with ``allow_imports=True`` also resolves a user's ``package.module:function`` that
+was never registered, the way rewards are named in a recipe.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ def import_object(path: str) -> Any:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, allow_imports: bool = False):
         self.kind = kind
+        self.allow_imports = allow_imports
         self._entries: dict[str, T | str] = {}
 
     def register(self, name: str, obj: T | str | None = None) -> Callable[[T], T] | T | str:
@@ -52,6 +56,11 @@ class Registry(Generic[T]):
         self._entries[name] = obj
 
     def get(self, name: str) -> T:
+        if name not in self._entries and self.allow_imports and ":" in name:
+            try:
+                return import_object(name)
+            except (ImportError, AttributeError) as exc:
+                raise AudioRLError(f"{self.kind} '{name}' could not be imported: {exc}") from None
         if name not in self._entries:
             raise AudioRLError(
                 f"unknown {self.kind} '{name}'{nearest(name, self._entries)}; "
@@ -65,6 +74,15 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def check(self, name: str, key: str) -> None:
+        """Raise ConfigError naming ``key`` if ``name`` does not resolve (a registered name or, if allowed, module:function)."""
+        from audiorl.common.errors import ConfigError
+
+        try:
+            self.get(name)
+        except AudioRLError as exc:
+            raise ConfigError(f"'{key}': {exc}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -166,8 +166,35 @@ def write_rows(path: str, rows: Iterable[dict], fmt: str = "jsonl") -> str:
     return path
 
 
-def make_dataset(out_dir: str, task: str = "pitch", seed: int = 0, n_train: int = 256, n_eval: int = 64, fmt: str = "jsonl") -> dict[str, str]:
-    """Write the embedded ``task`` data set to ``out_dir``; returns {"train": path, "eval": path}."""
+def label_pairs(rows: Iterable[dict], template: str, seed: int = 0) -> list[dict]:
+    """Preference pairs from labelled rows: ``template`` with the right label (chosen) vs a wrong choice (rejected).
+
+    Rows without a ``choices`` column holding the label and another option give no pair.
+    """
+    rng = np.random.default_rng([seed, 7])
+    pairs = []
+    for row in rows:
+        wrong = [c for c in row.get("choices") or [] if c != row["label"]]
+        if row.get("label") not in (row.get("choices") or []) or not wrong:
+            continue
+        other = wrong[int(rng.integers(len(wrong)))]
+        pairs.append({**row, "chosen": template.format(**row), "rejected": template.format(**{**row, "label": other})})
+    return pairs
+
+
+def make_dataset(
+    out_dir: str,
+    task: str = "pitch",
+    seed: int = 0,
+    n_train: int = 256,
+    n_eval: int = 64,
+    fmt: str = "jsonl",
+    pairs_template: str | None = None,
+) -> dict[str, str]:
+    """Write the embedded ``task`` data set to ``out_dir``; returns {"train": path, "eval": path[, "pairs": path]}.
+
+    ``pairs_template``: also write ``pairs.<fmt>``, a preference pair per training row (``label_pairs``).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
     os.makedirs(out_dir, exist_ok=True)
@@ -175,5 +202,7 @@ def make_dataset(out_dir: str, task: str = "pitch", seed: int = 0, n_train: int 
     for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 1_000_003)):
         rng = np.random.default_rng([split_seed, zlib.crc32(task.encode())])
         rows = TASKS[task](split, n, rng, out_dir)
+        if split == "train" and pairs_template:
+            paths["pairs"] = write_rows(os.path.join(out_dir, f"pairs.{fmt}"), label_pairs(rows, pairs_template, seed), fmt)
         paths[split] = write_rows(os.path.join(out_dir, f"{split}.{fmt}"), rows, fmt)
     return paths

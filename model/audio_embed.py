@@ -7,8 +7,11 @@ the loss, SFT) goes through ``AudioEmbedder.inputs_embeds``; nothing else puts a
 * With the encoder frozen (the default, as in Step-Audio 2) its outputs are cached across steps and
   epochs, keyed by the clip's content. On real Qwen2-Audio every clip is padded to a 30 s window,
   so the encoder dominates the cost of a short clip.
-* With a trainable encoder, outputs computed without grad (rollouts, old/reference log-probs) are
-  reused until the next optimizer step (``invalidate``); the loss forward recomputes them with grad.
+* With a trainable encoder, outputs are keyed by the clip, the *role* whose weights computed them
+  (policy, reference, ...) and that role's weights version: the trainer calls
+  ``weights_changed(role)`` after each optimizer step, so an old version is never served, and the
+  reference's outputs (its weights do not change within a stage) are never mixed with the
+  policy's. Outputs computed with grad (the loss forward) are never cached.
 * The adaptor (projector) runs on every call, so it may train while the encoder stays cached.
 """
 
@@ -32,6 +35,7 @@ class AudioEmbedder:
         self._cache: OrderedDict[object, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.RLock()
+        self.versions: Counter[str] = Counter()  # role -> weights version of its (trainable) encoder
         #: encoder_calls: batched encoder invocations; clips_encoded: clips through the encoder;
         #: cache_hits: clips served from the cache.
         self.stats: Counter[str] = Counter()
@@ -40,25 +44,30 @@ class AudioEmbedder:
     def encoder_trainable(self, model: nn.Module) -> bool:
         return any(p.requires_grad for p in self.lm.audio_encoder(model).parameters())
 
-    def _cache_key(self, model: nn.Module, clip: Clip) -> object:
-        # A frozen encoder has the same weights in the policy and the reference model: key by content only.
-        if self.encoder_trainable(model):
-            return (id(self.lm.audio_encoder(model)), clip.key)
+    def _cache_key(self, trainable: bool, clip: Clip, role: str) -> object:
+        # A frozen encoder has the same weights in every role (policy, reference, critic): content only.
+        if trainable:
+            return (role, self.versions[role], clip.key)
         return clip.key
 
-    def encoded(self, model: nn.Module, clips: Sequence[Clip]) -> dict[str, torch.Tensor]:
-        """Encoder outputs for ``clips``, keyed by clip key; each unique clip is encoded at most once."""
+    def encoded(self, model: nn.Module, clips: Sequence[Clip], role: str = "policy") -> dict[str, torch.Tensor]:
+        """Encoder outputs for ``clips``, keyed by clip key; each unique clip is encoded at most once.
+
+        ``role`` names whose weights ``model``'s encoder holds (the policy's, the reference's...).
+        """
         unique = list({c.key: c for c in clips}.values())
-        with_grad = torch.is_grad_enabled() and self.encoder_trainable(model)
+        trainable = self.encoder_trainable(model)
+        with_grad = torch.is_grad_enabled() and trainable
         out: dict[str, torch.Tensor] = {}
         missing: list[Clip] = []
         with self._lock:
             for clip in unique:
-                hit = None if with_grad else self._cache.get(self._cache_key(model, clip))
+                key = self._cache_key(trainable, clip, role)
+                hit = None if with_grad else self._cache.get(key)
                 if hit is None:
                     missing.append(clip)
                 else:
-                    self._cache.move_to_end(self._cache_key(model, clip))
+                    self._cache.move_to_end(key)
                     out[clip.key] = hit
                     self.stats["cache_hits"] += 1
         if missing:
@@ -70,7 +79,7 @@ class AudioEmbedder:
             for clip, enc in zip(missing, encoded):
                 out[clip.key] = enc
                 if not with_grad:
-                    self._remember(self._cache_key(model, clip), enc.detach())
+                    self._remember(self._cache_key(trainable, clip, role), enc.detach())
         return out
 
     def _remember(self, key: object, value: torch.Tensor) -> None:
@@ -83,24 +92,36 @@ class AudioEmbedder:
                 _, old = self._cache.popitem(last=False)
                 self._cached_bytes -= old.numel() * old.element_size()
 
-    def invalidate(self, model: nn.Module) -> None:
-        """Drop outputs of a trainable encoder (call after each optimizer step). No-op when frozen."""
-        if self.encoder_trainable(model):
-            with self._lock:
-                self._cache.clear()
-                self._cached_bytes = 0
+    def weights_changed(self, role: str = "policy") -> None:
+        """``role``'s weights changed (an optimizer step, a new stage): never serve its old encoder outputs.
+
+        Only outputs of a trainable encoder are keyed by version; those of a frozen one stay valid.
+        """
+        with self._lock:
+            self.versions[role] += 1
+            stale = [k for k in self._cache if isinstance(k, tuple) and k[0] == role]
+            for key in stale:
+                old = self._cache.pop(key)
+                self._cached_bytes -= old.numel() * old.element_size()
+
+    def reset_roles(self) -> None:
+        """A new stage: every role's weights may have changed (a new reference, merged adapters)."""
+        for role in list(self.versions) or ["policy"]:
+            self.weights_changed(role)
 
     # --------------------------------------------------------------- embeddings
-    def audio_embeds(self, model: nn.Module, clips: Sequence[Clip]) -> list[torch.Tensor]:
+    def audio_embeds(self, model: nn.Module, clips: Sequence[Clip], role: str = "policy") -> list[torch.Tensor]:
         """Projected audio embeddings, one tensor per clip in order (the adaptor runs once per unique clip)."""
-        encoded = self.encoded(model, clips)
+        encoded = self.encoded(model, clips, role)
         projected = {key: self.lm.project(model, enc) for key, enc in encoded.items()}
         return [projected[c.key] for c in clips]
 
-    def inputs_embeds(self, model: nn.Module, input_ids: torch.Tensor, clips_per_row: Sequence[Sequence[Clip]]) -> torch.Tensor:
+    def inputs_embeds(
+        self, model: nn.Module, input_ids: torch.Tensor, clips_per_row: Sequence[Sequence[Clip]], role: str = "policy"
+    ) -> torch.Tensor:
         """Input embeddings of ``input_ids`` ([B, T]) with each row's clips placed at its audio placeholders."""
         if len(clips_per_row) != input_ids.size(0):
             raise ValueError(f"{input_ids.size(0)} rows of token ids but audio for {len(clips_per_row)} rows")
         flat = [clip for row in clips_per_row for clip in row]
-        audio = self.audio_embeds(model, flat) if flat else []
+        audio = self.audio_embeds(model, flat, role) if flat else []
         return self.lm.embed(model, input_ids, audio)

@@ -43,9 +43,13 @@ class AudioLM(abc.ABC):
     """A loaded audio LLM: the Hugging Face model, its processor, and the family's glue."""
 
     family: str = ""
-    #: Module name suffixes (under the top-level model) of the audio encoder and the adaptor.
+    #: Module name suffixes (under the top-level model) of the audio encoder, the adaptor and the text
+    #: backbone (the module whose forward takes ``inputs_embeds`` and returns ``last_hidden_state``).
     encoder_module: str = ""
     projector_module: str = ""
+    language_model_module: str = "language_model"
+    #: ``[start, end)`` of the audio-output code ids in the vocabulary; None: the family outputs text only.
+    audio_output_token_range: tuple[int, int] | None = None
 
     def __init__(self, model: nn.Module, processor: Any, path: str | None = None):
         self.model = model
@@ -127,6 +131,39 @@ class AudioLM(abc.ABC):
                 f"audio embeddings ({audio.size(0)} frames) and audio placeholder tokens ({n_slots}) do not match"
             )
         return embeds.masked_scatter(mask.unsqueeze(-1), audio)
+
+    # ------------------------------------------------------------------- forwards
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The text backbone of ``model`` (through PEFT wrappers): ``inputs_embeds`` in, hidden states out."""
+        return find_module(model, self.language_model_module)
+
+    def output_head(self, model: nn.Module) -> nn.Module:
+        """The LM head (hidden states -> vocabulary logits)."""
+        from audiorl.model.weights import base_model
+
+        return base_model(model).get_output_embeddings()
+
+    def forward_inputs(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_embeds: Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
+        """Keyword arguments of the text backbone's forward for these tokens and their audio: the family hook.
+
+        Every forward of the RL core (policy, old policy, reference, critic, SFT) builds its inputs
+        here. The default places the audio at the placeholders of the input embeddings; a family whose
+        backbone needs more (Omni's multimodal rotary positions) adds it.
+        """
+        return {"inputs_embeds": self.embed(model, input_ids, audio_embeds), "attention_mask": attention_mask}
+
+    def think_token_ids(self) -> tuple[int, int] | None:
+        """Ids of ``<think>`` and ``</think>`` when each is one token, else None."""
+        tok = self.tokenizer
+        ids = []
+        for tag in ("<think>", "</think>"):
+            encoded = tok(tag, add_special_tokens=False)["input_ids"]
+            if len(encoded) != 1:
+                return None
+            ids.append(encoded[0])
+        return ids[0], ids[1]
 
     # ------------------------------------------------------------------- training
     @property

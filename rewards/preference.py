@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from audiorl.common.errors import ConfigError
+from audiorl.common.errors import ConfigError, missing_input
 from audiorl.rewards.registry import reward
 from audiorl.rewards.text import as_text
 
@@ -279,7 +279,7 @@ def check_options(model=None, batch_size=16, max_length=None, normalize="none", 
     if not model:
         raise ConfigError(f"reward '{NAME}' needs kwargs.model: the path of a reward model checkpoint")
     if not os.path.isfile(os.path.join(model, "config.json")):
-        raise ConfigError(f"reward '{NAME}': model '{model}' is not a Hugging Face checkpoint directory (no config.json)")
+        missing_input(f"reward '{NAME}': model '{model}' is not a Hugging Face checkpoint directory (no config.json)")
     if normalize not in NORMALIZE:
         raise ConfigError(f"reward '{NAME}': normalize '{normalize}' is not one of {', '.join(NORMALIZE)}")
     if int(batch_size) < 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import nullcontext
 import os
 import sys
 from importlib import resources
@@ -36,7 +37,7 @@ def resolve_recipe(name: str) -> str:
     raise ConfigError(f"recipe '{name}' is neither a file nor a bundled recipe ({', '.join(sorted(bundled))})")
 
 
-KIND_NAMES = {"rl": "an RL (SFT/GRPO)", "reward_model": "a reward-model"}
+KIND_NAMES = {"rl": "an RL (stages: sft, grpo, ppo, dpo)", "reward_model": "a reward-model"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,18 +92,24 @@ def _run(args: argparse.Namespace) -> int:
         if kind != wanted:
             command = "audiorl train-rm" if kind == "reward_model" else "audiorl train"
             raise ConfigError(f"'{args.recipe}' is {KIND_NAMES[kind]} recipe: run it with `{command}`")
-        if kind == "reward_model":
-            from audiorl.rl.reward_model import load_rm_config, rm_config_to_yaml, train_reward_model
+        from audiorl.common.errors import collect_missing_inputs
 
-            config, as_yaml, run = load_rm_config(path, args.overrides), rm_config_to_yaml, train_reward_model
-        else:
-            from audiorl.rl.config import load_recipe, to_yaml
-            from audiorl.rl.train import train
+        # validate checks a recipe on any machine: inputs that live elsewhere are listed, not fatal
+        with collect_missing_inputs() if args.command == "validate" else nullcontext([]) as missing:
+            if kind == "reward_model":
+                from audiorl.rl.reward_model import load_rm_config, rm_config_to_yaml, train_reward_model
 
-            config, as_yaml, run = load_recipe(path, args.overrides), to_yaml, train
+                config, as_yaml, run = load_rm_config(path, args.overrides), rm_config_to_yaml, train_reward_model
+            else:
+                from audiorl.rl.config import load_recipe, to_yaml
+                from audiorl.rl.train import train
+
+                config, as_yaml, run = load_recipe(path, args.overrides), to_yaml, train
         if args.command == "validate":
             print(as_yaml(config))
             print(f"{args.recipe}: OK")
+            for note in missing:
+                print(f"  not on this machine (`audiorl train` stops on it): {note}")
             return 0
         run(config)
         return 0

@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from audiorl.common.errors import ConfigError, nearest
-from omegaconf import MISSING, DictConfig, OmegaConf
+from audiorl.common.errors import ConfigError, missing_input, nearest
+from audiorl.rl.stage_config import ALGORITHMS, RewardSpec, needs_rewards, stage_uses_rewards
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -50,6 +51,9 @@ class SynthConfig:
     seed: int = 0
     n_train: int = 256
     n_eval: int = 64
+    # also write pairs.jsonl next to train.jsonl: per training row, this template with the right label
+    # (chosen) vs a wrong one (rejected), for offline DPO
+    pairs_template: Optional[str] = None
 
 
 @dataclass
@@ -95,60 +99,11 @@ class RolloutConfig:
     top_k: int = 0
     batch_size: int = 64  # hf: sequences per generate call
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
-    # Truncated importance sampling: weight each token's loss by min(p_trainer / p_rollout, tis_cap) to
-    # correct for rollout/trainer mismatch (vLLM kernels, bf16). None: off. The mismatch is logged either way.
-    tis_cap: Optional[float] = None
-
-
-@dataclass
-class RewardSpec:
-    # a registered name (`audiorl rewards` lists them), an entry point of the `audiorl.rewards` group,
-    # path/to/file.py:function (relative to the working directory or the recipe) or module:function
-    name: str = MISSING
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    alias: Optional[str] = None  # name used in logs (default: the function's name)
-    on_error: str = "raise"  # raise | zero | skip: what a sample the reward fails on gets
-    timeout_s: Optional[float] = None  # per call; a call that overruns counts as failing
-    workers: int = 0  # >0: run in that many worker processes (CPU-heavy rewards)
-    batch_size: Optional[int] = None  # samples per call (default: the whole batch, or split across workers)
-
-
-@dataclass
-class SFTStageConfig:
-    enabled: bool = False
-    completion_template: str = "{completion}"  # formatted with the row's columns
-    shuffle_labels: bool = False  # shuffle `label` across rows: learn the answer format, not the audio
-    epochs: float = 1.0
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    max_samples: Optional[int] = None
-    logging_steps: int = 5
-
-
-@dataclass
-class GRPOStageConfig:
-    enabled: bool = True
-    max_steps: int = 100
-    prompts_per_step: int = 8  # unique prompts per optimizer step
-    num_generations: int = 8  # completions per prompt (the group)
-    micro_batch_size: int = 32  # completions per forward/backward
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    beta: float = 0.0  # KL to the reference model (0: no reference forward)
-    epsilon: float = 0.2  # PPO clip
-    num_iterations: int = 1  # optimisation passes per generation batch
-    loss_type: str = "dapo"  # TRL loss: grpo | dr_grpo | dapo | bnpo
-    advantage: str = "grpo"  # advantage estimator: grpo | dr_grpo | rloo
-    logging_steps: int = 1
 
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 10  # held-out greedy evaluation during GRPO (0: only before and after)
+    every_steps: int = 10  # held-out greedy evaluation every N steps of an RL stage (0: only before and after each)
     batch_size: int = 64
     max_new_tokens: Optional[int] = None  # default: rollout.max_new_tokens
 
@@ -161,21 +116,29 @@ class RecipeConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    rewards: list[RewardSpec] = field(default_factory=list)
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)  # every stage's rewards unless the stage names its own
+    # The stages, in order, each from the previous one's weights: sft | grpo | ppo | dpo (rl/stage_config.py)
+    stages: list[Any] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: Optional[int] = None  # torch CPU threads (default: torch's choice)
+
+    def enabled_stages(self) -> list[Any]:
+        return [s for s in self.stages if s.enabled]
 
 
 CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.on_bad_audio": ("raise", "skip"),
     "data.synthesize.task": ("pitch", "speech"),
-    "grpo.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
-    "grpo.lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),
     "rollout.vllm.mode": ("colocate", "server"),
     "rollout.vllm.weight_transport": ("auto", "http", "gloo", "nccl"),
+}
+
+# Keys of earlier recipe formats -> where the setting lives now.
+MOVED = {
+    "sft": "an `algorithm: sft` entry of `stages:`",
+    "grpo": "an `algorithm: grpo` entry of `stages:`",
+    "rollout.tis_cap": "`tis_cap` of a grpo/ppo stage (stages.<name>.tis_cap)",
 }
 
 
@@ -192,18 +155,25 @@ def _valid_keys(schema: Any, path: list[str]) -> list[str]:
     return []
 
 
-def _explain(exc: OmegaConfBaseException, source: str, schema: type = None) -> ConfigError:
-    """An OmegaConf error as a ConfigError naming the file, the key and (unknown keys) the nearest valid one."""
+def _explain(exc: OmegaConfBaseException, source: str, schema: type = None, prefix: str = "") -> ConfigError:
+    """An OmegaConf error as a ConfigError naming the file, the key and (unknown keys) the nearest valid one.
+
+    ``prefix``: where ``schema`` sits in the recipe (``stages.2.`` for a stage's config).
+    """
     schema = schema or RecipeConfig
     key = re.sub(r"\[(\d+)\]", r".\1", getattr(exc, "full_key", None) or "")
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
         parent, _, leaf = key.rpartition(".")
         parent_path = [p for p in parent.split(".") if p and not p.isdigit()] if parent else []
-        if schema is RecipeConfig and parent_path[:1] == ["rewards"]:
+        moved = MOVED.get(key) if not prefix else None
+        if moved:
+            return ConfigError(f"{source}: '{key}' is no longer a recipe key: it is now {moved} (see recipes/quickstart.yaml)")
+        if "rewards" in parent_path:
             valid = [f.name for f in dataclasses.fields(RewardSpec)]
         else:
             valid = _valid_keys(schema(), parent_path)
-        return ConfigError(f"{source}: unknown key '{key}'{nearest(leaf, valid)}; valid keys here: {', '.join(valid)}")
+        return ConfigError(f"{source}: unknown key '{prefix}{key}'{nearest(leaf, valid)}; valid keys here: {', '.join(valid)}")
+    key = prefix + key
     if isinstance(exc, MissingMandatoryValue):
         return ConfigError(f"{source}: '{key}' is required but not set")
     if isinstance(exc, ValidationError):
@@ -212,12 +182,30 @@ def _explain(exc: OmegaConfBaseException, source: str, schema: type = None) -> C
     return ConfigError(f"{source}: {str(exc).splitlines()[0]}" + (f" (key '{key}')" if key else ""))
 
 
+def _stage_names(config: DictConfig) -> dict[str, int]:
+    stages = config.get("stages")
+    names: dict[str, int] = {}
+    if isinstance(stages, ListConfig):
+        for i, stage in enumerate(stages):
+            if isinstance(stage, DictConfig):
+                names.setdefault(str(stage.get("name") or stage.get("algorithm")), i)
+    return names
+
+
 def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
-    """``key=value`` (YAML-typed value; list items by index: ``rewards.0.weight=0.5``)."""
+    """``key=value`` (YAML-typed value; list items by index: ``rewards.0.weight=0.5``; stages also by name:
+    ``stages.grpo.max_steps=20``)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "stages" and not parts[1].lstrip("-").isdigit():
+            names = _stage_names(config)
+            if parts[1] not in names:
+                raise ConfigError(f"override '{item}': no stage named '{parts[1]}'{nearest(parts[1], names)}; stages: {', '.join(names) or '(none)'}")
+            parts[1] = str(names[parts[1]])
+            key = ".".join(parts)
         value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
         OmegaConf.update(config, key, value, merge=True)
 
@@ -253,17 +241,52 @@ def load_config(schema: type, path: str | None = None, overrides: list[str] | No
 
 
 def load_recipe(path: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:
-    """Merge the schema defaults, the YAML at ``path`` and ``key=value`` overrides; then validate."""
+    """Merge the schema defaults, the YAML at ``path`` and ``key=value`` overrides; type the stages; validate."""
     config: RecipeConfig = load_config(RecipeConfig, path, overrides)
+    source = (path or "<defaults>") + (" + overrides" if overrides else "")
+    config.stages = [typed_stage(raw, i, source) for i, raw in enumerate(config.stages)]
     if path is not None:
         _anchor_reward_files(config, os.path.dirname(os.path.abspath(path)))
     validate(config)
     return config
 
 
+def typed_stage(raw: Any, index: int, source: str) -> Any:
+    """One entry of ``stages:`` as its algorithm's config dataclass (errors say ``stages.<index>.<key>``)."""
+    if dataclasses.is_dataclass(raw):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'stages.{index}' must be a mapping with an 'algorithm' key, got {raw!r}")
+    algorithm = raw.get("algorithm")
+    if algorithm is None:
+        raise ConfigError(f"{source}: 'stages.{index}.algorithm' is required ({', '.join(ALGORITHMS.names())})")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(
+            f"{source}: 'stages.{index}.algorithm' is '{algorithm}'{nearest(str(algorithm), ALGORITHMS.names())}; "
+            f"choose one of: {', '.join(ALGORITHMS.names())}"
+        )
+    schema = ALGORITHMS.get(algorithm).config
+    if isinstance(raw.get("rewards"), list):  # typed one by one, so that an error names its entry
+        typed = []
+        for j, entry in enumerate(raw["rewards"]):
+            try:
+                typed.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)))
+            except OmegaConfBaseException as exc:
+                raise _explain(exc, source, RewardSpec, prefix=f"stages.{index}.rewards.{j}.") from None
+        raw = {**raw, "rewards": typed}
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        stage = OmegaConf.to_object(node)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source, schema, prefix=f"stages.{index}.") from None
+    stage.name = stage.name or stage.algorithm
+    return stage
+
+
 def _anchor_reward_files(config: RecipeConfig, recipe_dir: str) -> None:
     """A reward named ``file.py:fn`` that is not in the working directory is looked for next to the recipe."""
-    for spec in config.rewards:
+    specs = list(config.rewards) + [spec for stage in config.stages for spec in (stage.rewards or [])]
+    for spec in specs:
         path, sep, attr = spec.name.rpartition(":")
         if sep and path.endswith(".py") and not os.path.isabs(path) and not os.path.isfile(path):
             candidate = os.path.join(recipe_dir, path)
@@ -285,21 +308,18 @@ def _get(config: Any, dotted: str) -> Any:
 
 
 def validate(config: RecipeConfig) -> None:
-    """Cross-field rules, choices, names and files. Raises ConfigError; loads nothing heavy."""
+    """Cross-field rules, choices, names and files. Raises ConfigError; loads nothing heavy.
+
+    Each stage is checked by its algorithm's own ``validate`` (rl/stage_config.py).
+    """
     for key, choices in CHOICES.items():
         value = _get(config, key)
         if value is not None and value not in choices:
             raise ConfigError(f"'{key}' is '{value}'{nearest(str(value), choices)}; choose one of: {', '.join(choices)}")
 
     positive = {
-        "grpo.max_steps": config.grpo.max_steps,
-        "grpo.prompts_per_step": config.grpo.prompts_per_step,
-        "grpo.num_generations": config.grpo.num_generations,
-        "grpo.micro_batch_size": config.grpo.micro_batch_size,
-        "grpo.num_iterations": config.grpo.num_iterations,
         "rollout.max_new_tokens": config.rollout.max_new_tokens,
         "rollout.batch_size": config.rollout.batch_size,
-        "sft.batch_size": config.sft.batch_size,
         "eval.batch_size": config.eval.batch_size,
         "lora.r": config.lora.r,
         "rollout.vllm.max_model_len": config.rollout.vllm.max_model_len,
@@ -310,19 +330,8 @@ def validate(config: RecipeConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
-    if config.grpo.enabled:
-        if config.grpo.num_generations < 2:
-            raise ConfigError("'grpo.num_generations' must be at least 2: GRPO compares completions within a group")
-        completions = config.grpo.prompts_per_step * config.grpo.num_generations
-        if completions % config.grpo.micro_batch_size:
-            raise ConfigError(
-                f"'grpo.micro_batch_size' ({config.grpo.micro_batch_size}) must divide prompts_per_step x "
-                f"num_generations ({completions})"
-            )
     if config.rollout.temperature < 0:
         raise ConfigError("'rollout.temperature' must be >= 0 (0 is greedy)")
-    if config.grpo.enabled and config.rollout.temperature == 0:
-        raise ConfigError("'rollout.temperature' is 0 (greedy): GRPO needs sampled completions that differ")
     if not 0 < config.rollout.top_p <= 1:
         raise ConfigError(f"'rollout.top_p' must be in (0, 1], got {config.rollout.top_p}")
     vllm = config.rollout.vllm
@@ -333,39 +342,22 @@ def validate(config: RecipeConfig) -> None:
             raise ConfigError(f"'rollout.vllm.servers': '{url}' is not an http(s) URL such as http://host:8000")
     if vllm.retries < 0:
         raise ConfigError(f"'rollout.vllm.retries' must be >= 0, got {vllm.retries}")
-    if config.rollout.tis_cap is not None and config.rollout.tis_cap < 1:
-        raise ConfigError(f"'rollout.tis_cap' must be >= 1 (or null to turn the correction off), got {config.rollout.tis_cap}")
     if config.eval.every_steps < 0:
         raise ConfigError("'eval.every_steps' must be >= 0")
-    from audiorl.rl.algos import ADVANTAGES
     from audiorl.rollouts.base import ROLLOUT_BACKENDS
 
-    if config.grpo.advantage not in ADVANTAGES:
-        raise ConfigError(
-            f"'grpo.advantage' is '{config.grpo.advantage}'{nearest(config.grpo.advantage, ADVANTAGES.names())}; "
-            f"choose one of: {', '.join(ADVANTAGES.names())}"
-        )
     if config.rollout.backend != "auto" and config.rollout.backend not in ROLLOUT_BACKENDS:
         names = ["auto", *ROLLOUT_BACKENDS.names()]
         raise ConfigError(
             f"'rollout.backend' is '{config.rollout.backend}'{nearest(config.rollout.backend, names)}; "
             f"choose one of: {', '.join(names)}"
         )
-    if config.grpo.enabled and not config.rewards:
-        raise ConfigError("'rewards' is empty: GRPO needs at least one reward")
-    if config.rewards:
-        from audiorl.rewards import RewardSet
-
-        try:
-            RewardSet(config.rewards)
-        except ConfigError as exc:
-            raise ConfigError(f"rewards: {exc}") from None
-        except Exception as exc:  # registry errors name the reward and the registered ones
-            raise ConfigError(f"rewards: {exc}") from None
+    _validate_stages(config)
+    _validate_rewards(config.rewards, "rewards")
 
     model_dir = config.model.path
     if not config.model.build_tiny and not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ConfigError(
+        missing_input(
             f"'model.path': '{model_dir}' is not a Hugging Face model directory (no config.json); "
             "set model.build_tiny=true to build the tiny test model there"
         )
@@ -373,7 +365,43 @@ def validate(config: RecipeConfig) -> None:
         path = getattr(config.data, key)
         if path is None:
             continue
-        if config.data.synthesize is None and not os.path.isfile(path):
-            raise ConfigError(f"'data.{key}': '{path}' does not exist")
         if not path.endswith((".jsonl", ".json", ".parquet", ".csv")):
             raise ConfigError(f"'data.{key}': '{path}' must be .jsonl, .json, .parquet or .csv")
+        if config.data.synthesize is None and not os.path.isfile(path):
+            missing_input(f"'data.{key}': '{path}' does not exist")
+
+
+def _validate_stages(config: RecipeConfig) -> None:
+    names: dict[str, int] = {}
+    for i, stage in enumerate(config.stages):
+        key = f"stages.{i}"
+        if stage.name in names:
+            raise ConfigError(f"'{key}.name': two stages are named '{stage.name}' (stages.{names[stage.name]} too): give one a 'name'")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", stage.name):
+            raise ConfigError(f"'{key}.name' is '{stage.name}': use letters, digits, '_' or '-' (it names an output folder)")
+        names[stage.name] = i
+        if not stage.enabled:
+            continue
+        ALGORITHMS.get(stage.algorithm).validate(stage, config, key)
+        if stage.rewards is not None:
+            _validate_rewards(stage.rewards, f"{key}.rewards")
+        if needs_rewards(stage) and not (stage.rewards if stage.rewards is not None else config.rewards):
+            raise ConfigError(f"'{key}' ({stage.algorithm}) needs rewards: list them under 'rewards' or '{key}.rewards'")
+
+
+def _validate_rewards(specs: list[RewardSpec], key: str) -> None:
+    if not specs:
+        return
+    from audiorl.rewards import RewardSet
+
+    try:
+        RewardSet(specs)
+    except Exception as exc:  # registry errors name the reward and the registered ones
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def stage_rewards(config: RecipeConfig, stage: Any) -> list[RewardSpec]:
+    """The rewards a stage uses: its own list, else the recipe's."""
+    if not stage_uses_rewards(stage):
+        return []
+    return list(stage.rewards if stage.rewards is not None else config.rewards)

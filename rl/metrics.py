@@ -50,27 +50,35 @@ class TrainerMetrics(TrainerCallback):
             self.metrics.log(state.global_step, self.stage, dict(logs))
 
 
-def plot_rewards(metrics: MetricsLog, path: str, accuracy_key: str | None) -> str:
+def plot_rewards(metrics: MetricsLog, path: str, accuracy_key: str | None, spans: list[tuple[str, int, int]] = ()) -> str:
+    """Each stage's mean sampled reward and the held-out accuracy over the run's steps; stage boundaries marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    rewards = metrics.series("grpo", "reward")
-    if rewards:
-        steps, values = zip(*rewards)
-        ax.plot(steps, values, label="mean sampled reward", color="tab:blue")
+    rewards: list[tuple[int, float]] = []
+    colors = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:red"]
+    for k, (stage, first, last) in enumerate(spans):
+        series = metrics.series(stage, "reward")
+        if not series:
+            continue
+        rewards += series
+        steps, values = zip(*series)
+        ax.plot(steps, values, label=f"{stage}: mean sampled reward", color=colors[k % len(colors)])
+        if k:
+            ax.axvline(first - 0.5, color="grey", alpha=0.4, linestyle="--")
     if accuracy_key:
         accuracy = metrics.series("eval", accuracy_key)
         if accuracy:
             steps, values = zip(*accuracy)
             ax.plot(steps, values, "o-", label=f"held-out {accuracy_key.removeprefix('eval/')} (greedy)", color="tab:orange")
-    ax.set_xlabel("GRPO step")
+    ax.set_xlabel("step")
     ax.set_ylim(-0.05, max(1.05, max((v for _, v in rewards), default=1.0) + 0.05))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title("audiorl GRPO")
+    ax.set_title("audiorl: " + " -> ".join(stage for stage, _, _ in spans) if spans else "audiorl")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

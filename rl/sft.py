@@ -1,17 +1,22 @@
-"""Supervised fine-tuning with audio on TRL's ``SFTTrainer`` (warm starts before RL).
+"""The ``sft`` stage: supervised fine-tuning with audio on TRL's ``SFTTrainer`` (public API only).
 
 The collator tokenises prompt (with expanded audio placeholders) + completion and masks the
-prompt out of the labels; ``compute_loss`` swaps the token ids for input embeddings that carry
-the audio, then lets TRL compute the loss and its metrics as usual.
+prompt out of the labels; ``compute_loss`` (Trainer's documented override point) swaps the token
+ids for the inputs of the one audio-aware forward (``AudioForward.model_inputs``), then lets TRL
+compute the loss and its metrics as usual.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from audiorl.model.audio_embed import AudioEmbedder
+from audiorl.common.errors import ConfigError
+from audiorl.model.forward import AudioForward
 from audiorl.rl.prompts import PromptEncoder, clean_messages
 from trl import SFTTrainer
 
@@ -45,13 +50,81 @@ class AudioSFTCollator:
 
 
 class AudioSFTTrainer(SFTTrainer):
-    def __init__(self, *, embedder: AudioEmbedder, **kwargs: Any):
-        self.embedder = embedder
+    def __init__(self, *, audio_forward: AudioForward, **kwargs: Any):
+        self.audio_forward = audio_forward
         super().__init__(**kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         clips = inputs.pop("audio_clips")
         input_ids = inputs.pop("input_ids")
-        inputs["inputs_embeds"] = self.embedder.inputs_embeds(self.accelerator.unwrap_model(model), input_ids, clips)
+        inputs.update(self.audio_forward.model_inputs(self.accelerator.unwrap_model(model), input_ids, inputs.pop("attention_mask"), clips, "policy"))
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+def sft_rows(train_rows: Sequence[dict], config: Any, seed: int) -> list[dict]:
+    """The stage's examples: each row's prompt and its completion (the template over its columns)."""
+    rows = train_rows[: config.max_samples] if config.max_samples else list(train_rows)
+    labels = [row.get("label") for row in rows]
+    if config.shuffle_labels:
+        random.Random(seed).shuffle(labels)
+    out = []
+    for row, label in zip(rows, labels):
+        values = {**row, "label": label}
+        try:
+            completion = config.completion_template.format(**values)
+        except KeyError as exc:
+            raise ConfigError(f"'completion_template' of the sft stage names column {exc} which {row['_source']} row {row['_row']} lacks") from None
+        out.append({"prompt": row["prompt"], "completion": completion, "_row": row["_row"]})
+    return out
+
+
+class SFTStage:
+    def __init__(self, run: Any, config: Any):
+        self.run_ = run
+        self.config = config
+
+    def build_trainer(self) -> AudioSFTTrainer:
+        import datasets
+        from audiorl.rl.metrics import TrainerMetrics
+        from trl import SFTConfig
+
+        run, cfg = self.run_, self.config
+        run.seed_everything()
+        run.apply_lora()
+        args = SFTConfig(
+            output_dir=os.path.join(run.config.output_dir, "trl_sft"),
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="constant",
+            logging_steps=cfg.logging_steps,
+            max_length=None,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            use_cpu=run.device == "cpu",
+            bf16=run.config.model.dtype == "bfloat16",
+            fp16=run.config.model.dtype == "float16",
+            report_to=[],
+            save_strategy="no",
+            gradient_checkpointing=False,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            seed=run.config.seed,
+            disable_tqdm=True,
+        )
+        return AudioSFTTrainer(
+            audio_forward=run.forward,
+            model=run.lm.model,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(sft_rows(run.train_rows, cfg, run.config.seed)),
+            processing_class=run.lm.tokenizer,
+            data_collator=AudioSFTCollator(run.prompts),
+            callbacks=[TrainerMetrics(run.metrics, cfg.name)],
+        )
+
+    def run(self) -> None:
+        trainer = self.build_trainer()
+        start = time.perf_counter()
+        trainer.train()
+        self.run_.weights_changed()
+        self.run_.timings[f"{self.config.name}_s"] = time.perf_counter() - start

@@ -1,8 +1,16 @@
 """The one training entry point: ``audiorl train RECIPE.yaml key=value ...``.
 
-Reads top to bottom: prepare inputs (tiny model / embedded data when asked) -> load data and check
-it against the rewards (before any model loads) -> load the audio LLM -> optional SFT warm start ->
-held-out evaluation -> GRPO -> evaluation -> adapter, merged checkpoint, metrics, plot, table.
+``RLRecipe`` follows torchtune's recipe protocol and reads top to bottom:
+
+* ``setup``: build the tiny model / embedded data where asked, read and check every data row
+  against the rewards (before any model loads), load the audio LLM, the audio path (store,
+  embedder, the one audio-aware forward), the rollout engine and the accelerator;
+* ``train``: held-out evaluation, then each stage of ``stages:`` in order, each from the previous
+  one's weights (a LoRA adapter is merged and the merged weights saved as ``<stage>_model/``
+  before the next stage); evaluations between and after;
+* ``save_checkpoint``: the final ``adapter/`` (if LoRA) and ``merged/`` checkpoint, metrics,
+  plot, summary; ``load_checkpoint`` is the seam for exact resume (a later issue);
+* ``cleanup``: engines and reward workers.
 """
 
 from __future__ import annotations
@@ -12,33 +20,13 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from audiorl.common.errors import ConfigError
-from audiorl.rl.config import RecipeConfig, to_yaml
+from audiorl.rl.config import RecipeConfig, stage_rewards, to_yaml
 
 log = logging.getLogger("audiorl")
-
-
-@dataclass
-class Session:
-    """Everything the stages share."""
-
-    config: RecipeConfig
-    device: str
-    lm: Any
-    store: Any
-    embedder: Any
-    prompts: Any
-    engine: Any
-    rewards: Any
-    train_rows: list[dict]
-    eval_rows: list[dict]
-    metrics: Any
-    timings: dict[str, float] = field(default_factory=dict)
-    base_dir: str = ""  # the checkpoint the current LoRA adapter is trained on
 
 
 def seed_everything(seed: int) -> None:
@@ -77,11 +65,16 @@ def prepare_inputs(config: RecipeConfig) -> None:
 
         out_dir = os.path.dirname(os.path.abspath(config.data.train))
         log.info("synthesising the embedded '%s' data set in %s", synth.task, out_dir)
-        paths = make_dataset(out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval)
-        expected = {"train": config.data.train, "eval": config.data.eval}
-        for split, path in expected.items():
-            if path is not None and os.path.abspath(path) != os.path.abspath(paths[split]):
-                raise ConfigError(f"'data.{split}' must be '{paths[split]}' when data.synthesize is set")
+        paths = make_dataset(
+            out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval, pairs_template=synth.pairs_template
+        )
+        expected = {"data.train": (config.data.train, paths["train"]), "data.eval": (config.data.eval, paths["eval"])}
+        for i, stage in enumerate(config.stages):
+            if getattr(stage, "source", None) == "offline" and "pairs" in paths:
+                expected[f"stages.{i}.pairs"] = (stage.pairs, paths["pairs"])
+        for key, (path, written) in expected.items():
+            if path is not None and os.path.abspath(path) != os.path.abspath(written):
+                raise ConfigError(f"'{key}' must be '{written}' when data.synthesize is set")
 
 
 def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
@@ -94,299 +87,290 @@ def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
     return train_rows, eval_rows
 
 
-def open_session(config: RecipeConfig) -> Session:
-    from audiorl.data.audio import AudioStore
-    from audiorl.model import load_audio_lm
-    from audiorl.model.audio_embed import AudioEmbedder
-    from audiorl.rewards import RewardSet
-    from audiorl.rl.metrics import MetricsLog
-    from audiorl.rl.prompts import PromptEncoder
-    from audiorl.rollouts import build_rollout_engine
-
-    prepare_inputs(config)
-    rewards = RewardSet(config.rewards)
-    train_rows, eval_rows = load_rows(config)
-    rewards.check_columns(list(train_rows[0]), f"data.train ({config.data.train})")
-    if eval_rows:
-        rewards.check_columns(list(eval_rows[0]), f"data.eval ({config.data.eval})")
-
-    device = resolve_device(config.model.device)
-    lm = load_audio_lm(config.model.path, dtype=config.model.dtype, device=device)
-    encoder = lm.audio_encoder()
-    encoder.requires_grad_(not config.model.freeze_audio_encoder)
-    store = AudioStore()
-    rewards.audio_store = store  # rewards that take waveforms read the clips the trainer already decoded
-    embedder = AudioEmbedder(lm, store, cache_bytes=config.model.audio_cache_mb << 20)
-    prompts = PromptEncoder(lm, store)
-    engine = build_rollout_engine(config.rollout.backend, lm, embedder, config.rollout, seed=config.seed)
-    os.makedirs(config.output_dir, exist_ok=True)
-    return Session(
-        config=config, device=device, lm=lm, store=store, embedder=embedder, prompts=prompts, engine=engine,
-        rewards=rewards, train_rows=train_rows, eval_rows=eval_rows, metrics=MetricsLog(config.output_dir),
-        base_dir=os.path.abspath(config.model.path),
-    )
+def _spec_key(specs: list[Any]) -> str:
+    return json.dumps([{k: getattr(s, k) for k in vars(s)} for s in specs], sort_keys=True, default=str)
 
 
-def apply_lora(s: Session) -> None:
-    """Wrap the policy in a fresh PEFT LoRA adapter on the language model (the encoder stays as configured)."""
-    from peft import LoraConfig, get_peft_model
+class RLRecipe:
+    """One run of a recipe: the state every stage shares, and the steps between stages."""
 
-    cfg = s.config
-    if not cfg.lora.enabled:
-        return
-    modules_to_save = []
-    if cfg.model.train_projector:
-        modules_to_save.append(s.lm.projector_module)
-    if not cfg.model.freeze_audio_encoder:
-        modules_to_save.append(s.lm.encoder_module)
-    peft_config = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules or s.lm.lora_target_regex,
-        modules_to_save=modules_to_save or None,
-    )
-    s.lm.model = get_peft_model(s.lm.model, peft_config)
-    s.lm.model.peft_config["default"].base_model_name_or_path = s.base_dir
+    def __init__(self, config: RecipeConfig):
+        self.config = config
+        self.timings: dict[str, float] = {}
+        self.global_step = 0
+        self.policy_version = 0  # bumped whenever the policy's weights change (optimizer step, merge)
+        self.evals: dict[str, dict[str, float]] = {}
+        self.stage_spans: list[tuple[str, int, int]] = []  # (stage, first global step, last)
+        self._reward_sets: dict[str, Any] = {}
 
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from audiorl.data.audio import AudioStore
+        from audiorl.model import load_audio_lm
+        from audiorl.model.audio_embed import AudioEmbedder
+        from audiorl.model.forward import AudioForward
+        from audiorl.rl.metrics import MetricsLog
+        from audiorl.rl.prompts import PromptEncoder
+        from audiorl.rollouts import build_rollout_engine
 
-def merge_lora(s: Session) -> None:
-    from peft import PeftModel
-
-    if isinstance(s.lm.model, PeftModel):
-        s.lm.model = s.lm.model.merge_and_unload()
-    s.lm.audio_encoder().requires_grad_(not s.config.model.freeze_audio_encoder)
-
-
-def trainer_precision(s: Session) -> dict[str, Any]:
-    return {
-        "use_cpu": s.device == "cpu",
-        "bf16": s.config.model.dtype == "bfloat16",
-        "fp16": s.config.model.dtype == "float16",
-        "report_to": [],
-        "save_strategy": "no",
-        "gradient_checkpointing": False,
-        "remove_unused_columns": False,
-        "dataloader_num_workers": 0,
-        "seed": s.config.seed,
-        "disable_tqdm": True,
-    }
-
-
-# ---------------------------------------------------------------------- stages
-def sft_rows(s: Session) -> list[dict]:
-    cfg = s.config.sft
-    rows = s.train_rows[: cfg.max_samples] if cfg.max_samples else list(s.train_rows)
-    labels = [row.get("label") for row in rows]
-    if cfg.shuffle_labels:
-        random.Random(s.config.seed).shuffle(labels)
-    out = []
-    for row, label in zip(rows, labels):
-        values = {**row, "label": label}
-        try:
-            completion = cfg.completion_template.format(**values)
-        except KeyError as exc:
-            raise ConfigError(f"'sft.completion_template' names column {exc} which {row['_source']} row {row['_row']} lacks") from None
-        out.append({"prompt": row["prompt"], "completion": completion, "_row": row["_row"]})
-    return out
-
-
-def build_sft_trainer(s: Session):
-    import datasets
-    from audiorl.rl.metrics import TrainerMetrics
-    from audiorl.rl.sft import AudioSFTCollator, AudioSFTTrainer
-    from trl import SFTConfig
-
-    cfg = s.config.sft
-    seed_everything(s.config.seed)
-    apply_lora(s)
-    args = SFTConfig(
-        output_dir=os.path.join(s.config.output_dir, "trl_sft"),
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        logging_steps=cfg.logging_steps,
-        max_length=None,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        **trainer_precision(s),
-    )
-    return AudioSFTTrainer(
-        embedder=s.embedder,
-        model=s.lm.model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(sft_rows(s)),
-        processing_class=s.lm.tokenizer,
-        data_collator=AudioSFTCollator(s.prompts),
-        callbacks=[TrainerMetrics(s.metrics, "sft")],
-    )
-
-
-def run_sft(s: Session) -> None:
-    from audiorl.common.io import atomic_dir
-
-    trainer = build_sft_trainer(s)
-    start = time.perf_counter()
-    trainer.train()
-    s.timings["sft_s"] = time.perf_counter() - start
-    merge_lora(s)
-    # RL starts from the SFT model: save it, so the RL adapter has a base to load onto.
-    s.base_dir = os.path.join(os.path.abspath(s.config.output_dir), "sft_model")
-    with atomic_dir(s.base_dir) as tmp:
-        s.lm.save_pretrained(s.lm.model, tmp)
-
-
-def run_eval(s: Session, step: int, name: str) -> dict[str, float]:
-    from audiorl.rl.evaluate import evaluate
-
-    if not s.eval_rows:
-        return {}
-    start = time.perf_counter()
-    s.engine.resume()
-    try:
-        s.engine.update_weights(s.lm.model)
-        results = evaluate(
-            s.eval_rows, s.prompts, s.engine, s.rewards,
-            max_new_tokens=s.config.eval.max_new_tokens or s.config.rollout.max_new_tokens,
-            samples_path=os.path.join(s.config.output_dir, f"eval_samples_{name}.jsonl"),
+        cfg = self.config
+        self.started = time.perf_counter()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.seed_everything()
+        prepare_inputs(cfg)
+        self.train_rows, self.eval_rows = load_rows(cfg)
+        for stage in cfg.enabled_stages():  # reward columns are checked before the model loads
+            rewards = self.reward_set(stage)
+            if rewards is not None:
+                rewards.check_columns(list(self.train_rows[0]), f"data.train ({cfg.data.train})")
+                if self.eval_rows:
+                    rewards.check_columns(list(self.eval_rows[0]), f"data.eval ({cfg.data.eval})")
+        # held-out evaluation scores with the recipe's rewards, else those of the last stage that has some
+        self.eval_rewards = self.reward_set(None) or next(
+            (r for r in (self.reward_set(s) for s in reversed(cfg.enabled_stages())) if r is not None), None
         )
-    finally:
-        s.engine.release()
-    s.timings["eval_s"] = s.timings.get("eval_s", 0.0) + time.perf_counter() - start
-    s.metrics.log(step, "eval", results)
-    log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
-    return results
+        self.device = resolve_device(cfg.model.device)
+        precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
+        self.accelerator = Accelerator(cpu=self.device == "cpu", mixed_precision=precision)
+        self.lm = load_audio_lm(cfg.model.path, dtype=cfg.model.dtype, device=self.device)
+        self.lm.audio_encoder().requires_grad_(not cfg.model.freeze_audio_encoder)
+        self.store = AudioStore()
+        for rewards in self._reward_sets.values():
+            rewards.audio_store = self.store  # rewards that take waveforms read the clips the trainer already decoded
+        self.embedder = AudioEmbedder(self.lm, self.store, cache_bytes=cfg.model.audio_cache_mb << 20)
+        self.forward = AudioForward(self.lm, self.embedder, autocast=self.accelerator.autocast)
+        self.prompts = PromptEncoder(self.lm, self.store)
+        self.engine = build_rollout_engine(cfg.rollout.backend, self.lm, self.embedder, cfg.rollout, seed=cfg.seed)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        self.metrics = MetricsLog(cfg.output_dir)
+        self.base_dir = os.path.abspath(cfg.model.path)  # the checkpoint the current LoRA adapter is trained on
+        with open(os.path.join(cfg.output_dir, "recipe.yaml"), "w") as f:
+            f.write(to_yaml(cfg))
 
+    def seed_everything(self) -> None:
+        seed_everything(self.config.seed)
 
-def build_grpo_trainer(s: Session):
-    import datasets
-    from audiorl.rl.grpo import AudioGRPOTrainer
-    from audiorl.rl.metrics import TrainerMetrics
-    from audiorl.rollouts import SamplingParams
-    from transformers import TrainerCallback
-    from trl import GRPOConfig
+    def reward_set(self, stage: Any):
+        """The stage's ``RewardSet`` (the recipe's when ``stage`` is None), built once per distinct list."""
+        from audiorl.rewards import RewardSet
 
-    cfg, rollout = s.config.grpo, s.config.rollout
-    seed_everything(s.config.seed)
-    apply_lora(s)
-    completions = cfg.prompts_per_step * cfg.num_generations
-    args = GRPOConfig(
-        output_dir=os.path.join(s.config.output_dir, "trl_grpo"),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=completions // cfg.micro_batch_size,
-        num_generations=cfg.num_generations,
-        max_completion_length=rollout.max_new_tokens,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        top_k=rollout.top_k,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        num_iterations=cfg.num_iterations,
-        loss_type=cfg.loss_type,
-        logging_steps=cfg.logging_steps,
-        log_completions=False,
-        **trainer_precision(s),
-    )
+        specs = list(self.config.rewards) if stage is None else stage_rewards(self.config, stage)
+        if not specs:
+            return None
+        key = _spec_key(specs)
+        if key not in self._reward_sets:
+            self._reward_sets[key] = RewardSet(specs, audio_store=getattr(self, "store", None))
+        return self._reward_sets[key]
 
-    class PeriodicEval(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            every = s.config.eval.every_steps
-            if every and state.global_step % every == 0 and state.global_step < cfg.max_steps:
-                run_eval(s, state.global_step, f"step{state.global_step}")
+    # ------------------------------------------------------------- the policy
+    def apply_lora(self) -> None:
+        """Wrap the policy in a fresh PEFT LoRA adapter on the language model (the encoder stays as configured)."""
+        from peft import LoraConfig, get_peft_model
 
-    return AudioGRPOTrainer(
-        lm=s.lm,
-        embedder=s.embedder,
-        prompts=s.prompts,
-        engine=s.engine,
-        rewards=s.rewards,
-        sampling=SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p, rollout.top_k),
-        advantage=cfg.advantage,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(s.train_rows),
-        callbacks=[TrainerMetrics(s.metrics, "grpo"), PeriodicEval()],
-    )
+        cfg = self.config
+        if not cfg.lora.enabled:
+            return
+        modules_to_save = []
+        if cfg.model.train_projector:
+            modules_to_save.append(self.lm.projector_module)
+        if not cfg.model.freeze_audio_encoder:
+            modules_to_save.append(self.lm.encoder_module)
+        peft_config = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules or self.lm.lora_target_regex,
+            modules_to_save=modules_to_save or None,
+        )
+        self.lm.model = get_peft_model(self.lm.model, peft_config)
+        self.lm.model.peft_config["default"].base_model_name_or_path = self.base_dir
+        self.weights_changed()
 
+    def merge_lora(self) -> None:
+        from peft import PeftModel
 
-def run_grpo(s: Session) -> None:
-    trainer = build_grpo_trainer(s)
-    start = time.perf_counter()
-    trainer.train()
-    s.timings["grpo_s"] = time.perf_counter() - start
+        if isinstance(self.lm.model, PeftModel):
+            self.lm.model = self.lm.model.merge_and_unload()
+        self.lm.audio_encoder().requires_grad_(not self.config.model.freeze_audio_encoder)
+        self.weights_changed()
 
+    def weights_changed(self) -> None:
+        """The policy's weights changed: the engine needs them, the encoder cache must not serve the old ones."""
+        self.policy_version += 1
+        self.embedder.weights_changed("policy")
 
-# --------------------------------------------------------------------- outputs
-def save_outputs(s: Session) -> dict[str, str]:
-    from audiorl.common.io import atomic_dir
-    from peft import PeftModel
+    def build_optimizer(self, parameters, opt: Any, total_steps: int):
+        """AdamW over the parameters that require grad, the scheduler, and those parameters (for clipping)."""
+        import torch
+        from transformers import get_scheduler
 
-    out = os.path.abspath(s.config.output_dir)
-    paths = {}
-    if isinstance(s.lm.model, PeftModel):
-        paths["adapter"] = os.path.join(out, "adapter")
-        with atomic_dir(paths["adapter"]) as tmp:
-            # only the trained adapter: TRL adds a frozen "ref" copy when beta > 0
-            s.lm.model.save_pretrained(tmp, selected_adapters=["default"])
-        merge_lora(s)
-    paths["merged"] = os.path.join(out, "merged")
-    with atomic_dir(paths["merged"]) as tmp:
-        s.lm.save_pretrained(s.lm.model, tmp)
-    return paths
+        params = [p for p in parameters if p.requires_grad]
+        if not params:
+            raise ConfigError("nothing to train: no parameter requires grad (check lora / model.freeze_audio_encoder)")
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2), eps=1e-8)
+        scheduler = get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=total_steps)
+        return self.accelerator.prepare_optimizer(optimizer), self.accelerator.prepare_scheduler(scheduler), params
 
+    def optimizer_step(self, optimizer, scheduler, params, max_grad_norm: float) -> float:
+        import torch
 
-def _sampled_reward_window(s: Session, last: bool, n: int = 10) -> float:
-    values = [v for _, v in s.metrics.series("grpo", "reward")]
-    window = values[-n:] if last else values[:n]
-    return float(np.mean(window)) if window else float("nan")
+        if max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(params, max_grad_norm)
+        else:
+            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+            norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # --------------------------------------------------------------- logging
+    def log(self, step: int, stage: str, values: dict[str, Any]) -> None:
+        self.metrics.log(step, stage, values)
+
+    def evaluate(self, step: int, name: str) -> dict[str, float]:
+        """Held-out greedy evaluation with the recipe's rewards; logged as stage ``eval``."""
+        from audiorl.rl.evaluate import evaluate
+
+        if not self.eval_rows or self.eval_rewards is None:
+            return {}
+        start = time.perf_counter()
+        self.engine.resume()
+        try:
+            self.engine.update_weights(self.lm.model)
+            results = evaluate(
+                self.eval_rows, self.prompts, self.engine, self.eval_rewards,
+                max_new_tokens=self.config.eval.max_new_tokens or self.config.rollout.max_new_tokens,
+                samples_path=os.path.join(self.config.output_dir, f"eval_samples_{name}.jsonl"),
+            )
+        finally:
+            self.engine.release()
+        self.timings["eval_s"] = self.timings.get("eval_s", 0.0) + time.perf_counter() - start
+        self.metrics.log(step, "eval", results)
+        self.evals[name] = results
+        log.info("eval at step %d (%s): %s", step, name, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
+        return results
+
+    # ----------------------------------------------------------------- train
+    def train(self) -> None:
+        from audiorl.common.registry import import_object
+        from audiorl.rl.stage_config import ALGORITHMS
+
+        stages = self.config.enabled_stages()
+        before_done = False
+        for i, stage in enumerate(stages):
+            learns_from_rewards = stage.algorithm != "sft"
+            if learns_from_rewards and not before_done:
+                self.evaluate(self.global_step, "before")
+                before_done = True
+            log.info("stage %d/%d: %s (%s)", i + 1, len(stages), stage.name, stage.algorithm)
+            first = self.global_step + 1
+            runner = import_object(ALGORITHMS.get(stage.algorithm).runner)(self, stage)
+            runner.run()
+            self.stage_spans.append((stage.name, first, self.global_step))
+            self.embedder.reset_roles()
+            if i + 1 < len(stages):
+                self.finish_stage(stage)
+                if learns_from_rewards:
+                    self.evaluate(self.global_step, f"after_{stage.name}")
+        if not before_done:
+            self.evaluate(self.global_step, "before")
+        self.evaluate(self.global_step, "after")
+
+    def finish_stage(self, stage: Any) -> None:
+        """Merge the stage's adapter and save its weights: the next stage starts (and its adapter sits) on them."""
+        from audiorl.common.io import atomic_dir
+
+        self.merge_lora()
+        self.base_dir = os.path.join(os.path.abspath(self.config.output_dir), f"{stage.name}_model")
+        with atomic_dir(self.base_dir) as tmp:
+            self.lm.save_pretrained(self.lm.model, tmp)
+
+    # ------------------------------------------------------------ checkpoint
+    def save_checkpoint(self) -> dict[str, str]:
+        """The final weights: ``adapter/`` (LoRA only, on ``base_dir``) and ``merged/`` (hub layout)."""
+        from audiorl.common.io import atomic_dir
+        from peft import PeftModel
+
+        out = os.path.abspath(self.config.output_dir)
+        paths = {}
+        if isinstance(self.lm.model, PeftModel):
+            paths["adapter"] = os.path.join(out, "adapter")
+            with atomic_dir(paths["adapter"]) as tmp:
+                self.lm.model.save_pretrained(tmp, selected_adapters=["default"])
+            self.merge_lora()
+        paths["merged"] = os.path.join(out, "merged")
+        with atomic_dir(paths["merged"]) as tmp:
+            self.lm.save_pretrained(self.lm.model, tmp)
+        return paths
+
+    def load_checkpoint(self, path: str) -> None:
+        """Exact resume (optimizer, scheduler, RNG, sampler and engine state) is not implemented yet."""
+        raise NotImplementedError("resuming a run from a checkpoint is not supported yet")
+
+    def cleanup(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+        for rewards in self._reward_sets.values():
+            rewards.close()
+
+    # --------------------------------------------------------------- report
+    def sampled_reward_window(self, stage: str, last: bool, n: int = 10) -> float:
+        values = [v for _, v in self.metrics.series(stage, "reward")]
+        window = values[-n:] if last else values[:n]
+        return float(np.mean(window)) if window else float("nan")
+
+    def report(self, paths: dict[str, str]) -> dict[str, Any]:
+        from audiorl.rl.metrics import before_after_table, plot_rewards
+
+        cfg = self.config
+        before, after = self.evals.get("before", {}), self.evals.get("after", {})
+        accuracy_key = next((k for k in before if "accuracy" in k), next(iter(before), None))
+        rl_stages = [s for s in cfg.enabled_stages() if s.algorithm != "sft"]
+        paths["plot"] = plot_rewards(self.metrics, os.path.join(cfg.output_dir, "reward_curve.png"), accuracy_key, self.stage_spans)
+        self.timings["total_s"] = time.perf_counter() - self.started
+        stages = {
+            s.name: {"sampled_reward_first10": self.sampled_reward_window(s.name, False), "sampled_reward_last10": self.sampled_reward_window(s.name, True)}
+            for s in rl_stages
+        }
+        last_rl = rl_stages[-1].name if rl_stages else None
+        first = stages[last_rl]["sampled_reward_first10"] if last_rl else float("nan")
+        last = stages[last_rl]["sampled_reward_last10"] if last_rl else float("nan")
+        extra = {f"sampled reward {name} (first/last 10 steps)": (v["sampled_reward_first10"], v["sampled_reward_last10"]) for name, v in stages.items()}
+        table = before_after_table(before, after, extra or None)
+        summary = {
+            "before": before,
+            "after": after,
+            "evals": self.evals,
+            "sampled_reward_first10": first,
+            "sampled_reward_last10": last,
+            "stages": stages,
+            "timings": self.timings,
+            "audio_encoder": dict(self.embedder.stats),
+            "rollout_engine": type(self.engine).__name__,
+            "outputs": paths,
+        }
+        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print("\n" + table)
+        print(f"\ntotal {self.timings['total_s']:.0f} s; outputs in {os.path.abspath(cfg.output_dir)}")
+        return summary
 
 
 def train(config: RecipeConfig) -> dict[str, Any]:
-    import torch
-    from audiorl.rl.metrics import before_after_table, plot_rewards
-
-    started = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    s = open_session(config)
-    with open(os.path.join(config.output_dir, "recipe.yaml"), "w") as f:
-        f.write(to_yaml(config))
-
+    """Run a recipe: setup, train every stage, save, report; engines and reward workers are always closed."""
+    recipe = RLRecipe(config)
     try:
-        if config.sft.enabled:
-            run_sft(s)
-        before = run_eval(s, 0, "before")
-        if config.grpo.enabled:
-            run_grpo(s)
-        after = run_eval(s, config.grpo.max_steps if config.grpo.enabled else 0, "after")
+        recipe.setup()
+        recipe.train()
     finally:
-        s.engine.close()
-        s.rewards.close()
-    paths = save_outputs(s)
-
-    accuracy_key = next((k for k in before if "accuracy" in k), next(iter(before), None))
-    paths["plot"] = plot_rewards(s.metrics, os.path.join(config.output_dir, "reward_curve.png"), accuracy_key)
-    s.timings["total_s"] = time.perf_counter() - started
-    first, last = _sampled_reward_window(s, last=False), _sampled_reward_window(s, last=True)
-    table = before_after_table(before, after, {"sampled reward (first/last 10 steps)": (first, last)} if config.grpo.enabled else None)
-    summary = {
-        "before": before,
-        "after": after,
-        "sampled_reward_first10": first,
-        "sampled_reward_last10": last,
-        "timings": s.timings,
-        "audio_encoder": dict(s.embedder.stats),
-        "rollout_engine": type(s.engine).__name__,
-        "outputs": paths,
-    }
-    with open(os.path.join(config.output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print("\n" + table)
-    print(f"\ntotal {s.timings['total_s']:.0f} s; outputs in {os.path.abspath(config.output_dir)}")
-    return summary
+        recipe.cleanup()
+    paths = recipe.save_checkpoint()
+    return recipe.report(paths)

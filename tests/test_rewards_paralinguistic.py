@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import audiorl.rewards.paralinguistic as para
 import pytest
+import yaml  # PyYAML comes with omegaconf: always installed
 from audiorl.common.errors import AudioRLError, ConfigError
 from audiorl.rewards import REWARDS, RewardSet
 from audiorl.rewards.paralinguistic import (
@@ -332,7 +333,6 @@ def test_vocabulary_extension_from_a_dict():
 
 
 def test_vocabulary_extension_from_json_and_yaml_files(tmp_path):
-    yaml = pytest.importorskip("yaml")
     (tmp_path / "labels.json").write_text(json.dumps(EXTRA, ensure_ascii=False), encoding="utf-8")
     (tmp_path / "labels.yaml").write_text(yaml.safe_dump(EXTRA, allow_unicode=True), encoding="utf-8")
     for name in ("labels.json", "labels.yaml"):

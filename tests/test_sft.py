@@ -6,20 +6,28 @@ from collections import Counter
 
 import torch
 from audiorl.rl.config import load_recipe
-from audiorl.rl.sft import AudioSFTCollator
-from audiorl.rl.train import build_sft_trainer, open_session, sft_rows
+from audiorl.rl.sft import AudioSFTCollator, SFTStage
+from audiorl.rl.sft import sft_rows as stage_rows
+from audiorl.rl.train import RLRecipe
 
 from tests.conftest import QUICKSTART, quick_overrides
 
 
 def make_session(tmp_path, tiny_model_dir, pitch_data, **extra):
-    return open_session(load_recipe(QUICKSTART, quick_overrides(tmp_path, tiny_model_dir, pitch_data, **extra)))
+    recipe = RLRecipe(load_recipe(QUICKSTART, quick_overrides(tmp_path, tiny_model_dir, pitch_data, **extra)))
+    recipe.setup()
+    recipe.sft = recipe.config.stages[0]
+    return recipe
+
+
+def sft_rows(s):
+    return stage_rows(s.train_rows, s.sft, s.config.seed)
 
 
 def test_shuffled_labels_keep_the_format_and_the_label_counts(tmp_path, tiny_model_dir, pitch_data):
     s = make_session(tmp_path, tiny_model_dir, pitch_data)
     rows = sft_rows(s)
-    template = s.config.sft.completion_template
+    template = s.sft.completion_template
     targets = [template.format(label=r["label"]) for r in s.train_rows]
     assert Counter(r["completion"] for r in rows) == Counter(targets)  # same labels...
     assert [r["completion"] for r in rows] != targets  # ...not on the same rows
@@ -39,16 +47,16 @@ def test_collator_masks_the_prompt_and_ends_with_eos(tmp_path, tiny_model_dir, p
 
 
 def test_sft_trains_with_the_audio_in_every_forward(tmp_path, tiny_model_dir, pitch_data):
-    s = make_session(tmp_path, tiny_model_dir, pitch_data, **{"sft.epochs": 3, "sft.batch_size": 4, "sft.logging_steps": 1})
-    trainer = build_sft_trainer(s)
+    s = make_session(tmp_path, tiny_model_dir, pitch_data, **{"stages.sft.epochs": 3, "stages.sft.batch_size": 4, "stages.sft.logging_steps": 1})
+    trainer = SFTStage(s, s.sft).build_trainer()
     seen = []
-    original = s.embedder.inputs_embeds
+    original = s.forward.model_inputs
 
-    def spy(model, input_ids, clips_per_row):
+    def spy(model, input_ids, attention_mask, clips_per_row, role):
         seen.append((torch.is_grad_enabled(), sum(map(len, clips_per_row)), int((input_ids == s.lm.audio_placeholder_id).sum())))
-        return original(model, input_ids, clips_per_row)
+        return original(model, input_ids, attention_mask, clips_per_row, role)
 
-    s.embedder.inputs_embeds = spy
+    s.forward.model_inputs = spy
     trainer.train()
     assert all(grad for grad, _, _ in seen)
     assert sum(clips for _, clips, _ in seen) == 3 * len(s.train_rows)  # one clip per row, every epoch

@@ -7,7 +7,8 @@
 
 Runs the real CLI (`audiorl train recipes/quickstart.yaml`) in a subprocess per run and prints a
 markdown table (the rows of BENCHMARKS.md), with the median GRPO step time read from metrics.jsonl
-(`step_time`, logged every step) and where it went (the core's `timing/*` phases). `--ablate` rewrites the synthesised data set with each
+(`step_time`, logged every step) and where it went (the core's `timing/*` phases).
+`--ablate` writes the recipe's synthesised data set with each
 clip replaced by silence of the same length: the labels can then only be guessed, so held-out
 accuracy must stay at chance. That is the control showing that the learning comes from the audio.
 """
@@ -44,12 +45,18 @@ def run(recipe: str, seed: int, out: str, ablate: bool, extra: list[str]) -> dic
     overrides = [f"seed={seed}", f"output_dir={out}", *extra]
     if ablate:
         from audiorl.data.synth import make_dataset
+        from audiorl.rl.config import load_recipe
 
+        config = load_recipe(os.path.join(RECIPES, f"{recipe}.yaml"), overrides)
+        synth = config.data.synthesize
         clean = os.path.join(out + "_data_clean")
-        make_dataset(clean, "pitch", seed=0, n_train=256, n_eval=64)
+        paths = make_dataset(clean, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval,
+                             pairs_template=synth.pairs_template, speech_tasks=synth.speech_tasks)
         silent = os.path.join(out + "_data_silent")
         silence_dataset(clean, silent)
         overrides += [f"data.train={silent}/train.jsonl", f"data.eval={silent}/eval.jsonl", "data.synthesize=null"]
+        if "pairs" in paths:
+            overrides += [f"stages.{i}.pairs={silent}/pairs.jsonl" for i, s in enumerate(config.stages) if getattr(s, "source", None) == "offline"]
     start = time.perf_counter()
     proc = subprocess.run([AUDIORL, "train", os.path.join(RECIPES, f"{recipe}.yaml"), *overrides], capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -61,7 +68,8 @@ def run(recipe: str, seed: int, out: str, ablate: bool, extra: list[str]) -> dic
     steps = [r for r in rows if r["stage"] == stage and "step_time" in r][4:]  # after the warm-up steps
     phases = {p: float(np.median([r.get(f"timing/{p}_s", np.nan) for r in steps])) for p in PHASES}
     return {"seed": seed, "audio": "silence" if ablate else "real", "wall_s": wall, "step_s": float(np.median([r["step_time"] for r in steps])),
-            "phases": phases, "rl_s": summary["timings"].get(f"{stage}_s", 0.0), **summary}
+            "phases": phases, "rl_s": summary["timings"].get(f"{stage}_s", 0.0),
+            "accuracy_key": next(k for k in summary["before"] if "accuracy" in k), **summary}
 
 
 def main() -> None:
@@ -83,7 +91,7 @@ def main() -> None:
         t = r["timings"]
         print(
             f"| {r['audio']} | {seed} | {r['wall_s']:.0f} | {t.get('sft_s', 0):.0f} | {r['rl_s']:.0f} | {r['step_s']:.3f} | "
-            f"{r['before']['eval/label_accuracy']:.3f} | {r['after']['eval/label_accuracy']:.3f} | "
+            f"{r['before'][r['accuracy_key']]:.3f} | {r['after'][r['accuracy_key']]:.3f} | "
             f"{r['sampled_reward_first10']:.3f} | {r['sampled_reward_last10']:.3f} | {r['audio_encoder']['clips_encoded']} |",
             flush=True,
         )

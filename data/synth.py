@@ -105,14 +105,17 @@ def _english_sentence(rng: np.random.Generator) -> str:
     return f"The {pick(ADJECTIVES)} {pick(NOUNS)} {pick(VERBS)} the {pick(NOUNS)} {pick(PLACES)}."
 
 
-def _speech_rows(split: str, n: int, rng: np.random.Generator, out_dir: str) -> list[dict]:
+def _speech_rows(split: str, n: int, rng: np.random.Generator, out_dir: str, tasks: Iterable[str] | None = None) -> list[dict]:
     from audiorl.data.espeak import synthesize, voice_variants
 
     variants = voice_variants()
-    tasks = list(SPEECH_TASKS)
+    tasks = list(tasks or SPEECH_TASKS)
+    unknown = [t for t in tasks if t not in SPEECH_TASKS]
+    if unknown:
+        raise ValueError(f"unknown speech task(s) {', '.join(unknown)}; choose from {', '.join(SPEECH_TASKS)}")
     rows = []
     for i in range(n):
-        chinese = rng.uniform() < 0.15
+        chinese = "asr" in tasks and rng.uniform() < 0.15
         text = ZH_SENTENCES[int(rng.integers(len(ZH_SENTENCES)))] if chinese else _english_sentence(rng)
         language = "zh" if chinese else "en"
         variant, gender = variants[int(rng.integers(len(variants)))]
@@ -190,10 +193,12 @@ def make_dataset(
     n_eval: int = 64,
     fmt: str = "jsonl",
     pairs_template: str | None = None,
+    speech_tasks: Iterable[str] | None = None,
 ) -> dict[str, str]:
     """Write the embedded ``task`` data set to ``out_dir``; returns {"train": path, "eval": path[, "pairs": path]}.
 
     ``pairs_template``: also write ``pairs.<fmt>``, a preference pair per training row (``label_pairs``).
+    ``speech_tasks``: the speech set's questions (asr, gender, speed, pitch; default all, in turn).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
@@ -201,7 +206,7 @@ def make_dataset(
     paths = {}
     for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 1_000_003)):
         rng = np.random.default_rng([split_seed, zlib.crc32(task.encode())])
-        rows = TASKS[task](split, n, rng, out_dir)
+        rows = TASKS[task](split, n, rng, out_dir, **({"tasks": speech_tasks} if task == "speech" else {}))
         if split == "train" and pairs_template:
             paths["pairs"] = write_rows(os.path.join(out_dir, f"pairs.{fmt}"), label_pairs(rows, pairs_template, seed), fmt)
         paths[split] = write_rows(os.path.join(out_dir, f"{split}.{fmt}"), rows, fmt)

@@ -54,6 +54,7 @@ class SynthConfig:
     # also write pairs.jsonl next to train.jsonl: per training row, this template with the right label
     # (chosen) vs a wrong one (rejected), for offline DPO
     pairs_template: Optional[str] = None
+    speech_tasks: Optional[list[str]] = None  # speech: the questions asked (asr, gender, speed, pitch; default all, in turn)
 
 
 @dataclass
@@ -352,6 +353,16 @@ def validate(config: RecipeConfig) -> None:
             f"'rollout.backend' is '{config.rollout.backend}'{nearest(config.rollout.backend, names)}; "
             f"choose one of: {', '.join(names)}"
         )
+    synth = config.data.synthesize
+    if synth is not None:
+        from audiorl.data.synth import SPEECH_TASKS
+
+        for key in ("n_train", "n_eval"):
+            if getattr(synth, key) <= 0:
+                raise ConfigError(f"'data.synthesize.{key}' must be positive, got {getattr(synth, key)}")
+        for task in synth.speech_tasks or []:
+            if task not in SPEECH_TASKS:
+                raise ConfigError(f"'data.synthesize.speech_tasks': '{task}'{nearest(task, SPEECH_TASKS)}; choose from {', '.join(SPEECH_TASKS)}")
     _validate_stages(config)
     _validate_rewards(config.rewards, "rewards")
 

@@ -13,7 +13,6 @@ disabled policy (LoRA) or a frozen copy of the stage's starting weights.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -56,24 +55,14 @@ class DPOStage:
         self.optimizer, self.scheduler, self.params = run.build_optimizer(run.lm.model.parameters(), cfg, cfg.max_steps)
         rollout = run.config.rollout
         self.sampling = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p, rollout.top_k)
-        self.rollouts = Rollouts(run.lm, run.prompts, run.engine, self.sampling)
+        self.rollouts = Rollouts(run.lm, run.prompts, run.engine, self.sampling, run.sync_engine)
         self.think_ids = run.lm.think_token_ids()
         self.ready = True
 
     def run(self) -> None:
         if not self.ready:
             self.setup()
-        run, cfg = self.run_, self.config
-        start = time.perf_counter()
-        every = run.config.eval.every_steps
-        for step in range(cfg.max_steps):
-            metrics = self.step(step)
-            run.global_step += 1
-            if (step + 1) % cfg.logging_steps == 0 or step + 1 == cfg.max_steps:
-                run.log(run.global_step, cfg.name, metrics)
-            if every and (step + 1) % every == 0 and step + 1 < cfg.max_steps:
-                run.evaluate(run.global_step, f"{cfg.name}_step{step + 1}")
-        run.timings[f"{cfg.name}_s"] = time.perf_counter() - start
+        self.run_.run_steps(self.config, self.step)
 
     # ----------------------------------------------------------------- pairs
     def _loss_mask(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -132,7 +121,7 @@ class DPOStage:
         rows = self.sampler.next(cfg.prompts_per_step)
         if cfg.source == "online":
             with timer("generation"):
-                batch = self.rollouts.generate(rows, cfg.num_generations, model, run.policy_version)
+                batch = self.rollouts.generate(rows, cfg.num_generations)
             with timer("rewards"):
                 scores = score(batch, self.rewards)
             metrics.update(reward_metrics(batch, scores))
@@ -140,7 +129,7 @@ class DPOStage:
         else:
             if self.rewards is not None and cfg.sample_every and step % cfg.sample_every == 0:
                 with timer("generation"):  # monitoring only: how the policy's samples score
-                    batch = self.rollouts.generate(rows, max(cfg.num_generations, 1), model, run.policy_version)
+                    batch = self.rollouts.generate(rows, max(cfg.num_generations, 1))
                 with timer("rewards"):
                     metrics.update(reward_metrics(batch, score(batch, self.rewards)))
             pairs = self.pairs_from_rows(rows, stats)

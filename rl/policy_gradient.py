@@ -107,27 +107,15 @@ class PolicyGradientStage:
         self.sampler = RowSampler(run.train_rows, run.config.seed)
         rollout = run.config.rollout
         self.sampling = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p, rollout.top_k)
-        self.rollouts = Rollouts(run.lm, run.prompts, run.engine, self.sampling)
+        self.rollouts = Rollouts(run.lm, run.prompts, run.engine, self.sampling, run.sync_engine)
         self.generator = torch.Generator().manual_seed(run.config.seed)
         self.ready = True
 
     # -------------------------------------------------------------------- run
     def run(self) -> None:
-        import time
-
         if not self.ready:
             self.setup()
-        run, cfg = self.run_, self.config
-        start = time.perf_counter()
-        every = run.config.eval.every_steps
-        for iteration in range(cfg.max_steps):
-            metrics = self.step(iteration)
-            run.global_step += 1
-            if (iteration + 1) % cfg.logging_steps == 0 or iteration + 1 == cfg.max_steps:
-                run.log(run.global_step, cfg.name, metrics)
-            if every and (iteration + 1) % every == 0 and iteration + 1 < cfg.max_steps:
-                run.evaluate(run.global_step, f"{cfg.name}_step{iteration + 1}")
-        run.timings[f"{cfg.name}_s"] = time.perf_counter() - start
+        self.run_.run_steps(self.config, self.step)
 
     def step(self, iteration: int) -> dict[str, float]:
         run, cfg = self.run_, self.config
@@ -136,7 +124,7 @@ class PolicyGradientStage:
         model.train()
         with timer("generation"):
             rows = self.sampler.next(cfg.prompts_per_step)
-            batch = self.rollouts.generate(rows, cfg.num_generations, model, run.policy_version)
+            batch = self.rollouts.generate(rows, cfg.num_generations)
         with timer("rewards"):
             scores = score(batch, self.rewards)
         metrics = reward_metrics(batch, scores)
@@ -163,10 +151,14 @@ class PolicyGradientStage:
 
     def prepare(self, batch: RolloutBatch, stats: Stats) -> None:
         """The no-grad forwards the update needs, then the advantages."""
+        self.no_grad_forwards(batch, stats)
+        self.advantages(batch, stats)
+
+    def no_grad_forwards(self, batch: RolloutBatch, stats: Stats) -> None:
+        """Old-policy log-probs (several updates per batch, or a KL in the reward), reference log-probs, values."""
         run, cfg = self.run_, self.config
         model, forward, temperature = run.lm.model, run.forward, self.sampling.temperature
-        kl_in_reward = cfg.beta > 0 and cfg.kl_in == "reward"
-        if self.updates_per_batch > 1 or kl_in_reward:
+        if self.updates_per_batch > 1 or (cfg.beta > 0 and cfg.kl_in == "reward"):
             batch.old_logps = self._per_token(batch, lambda m: forward.token_logps(model, m.sequences(), "policy", temperature)[0])
             self._log_rollout_gap(batch.old_logps, batch, stats)
         if self.reference is not None:
@@ -174,6 +166,10 @@ class PolicyGradientStage:
         if self.critic is not None:
             batch.values = self._per_token(batch, lambda m: forward.values(self.critic, model, m.sequences()))
 
+    def advantages(self, batch: RolloutBatch, stats: Stats) -> None:
+        """Scores (whitened, KL-shaped) -> the registry's advantages: per completion (group estimators) or per token (gae)."""
+        cfg = self.config
+        kl_in_reward = cfg.beta > 0 and cfg.kl_in == "reward"
         mask = batch.completion_mask.float()
         rewards = batch.total.clone()
         valid = ~torch.isnan(rewards)

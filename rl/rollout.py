@@ -8,7 +8,7 @@ sleeping GPU vLLM must be awake to take them).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,32 +17,27 @@ from audiorl.rewards.aggregate import RewardScores
 from audiorl.rl.batch import RolloutBatch, pad
 from audiorl.rl.prompts import PromptEncoder
 from audiorl.rollouts.base import RolloutEngine, SamplingParams
-from torch import nn
 
 # Row fields that are not reward columns.
 _NOT_COLUMNS = ("prompt", "prompt_text")
 
 
 class Rollouts:
-    def __init__(self, lm: Any, prompts: PromptEncoder, engine: RolloutEngine, sampling: SamplingParams):
+    """``sync`` gives the engine the policy's current weights if it lacks them (``RLRecipe.sync_engine``)."""
+
+    def __init__(self, lm: Any, prompts: PromptEncoder, engine: RolloutEngine, sampling: SamplingParams, sync: Callable[[], None]):
         self.lm = lm
         self.prompts = prompts
         self.engine = engine
         self.sampling = sampling
-        self._synced: tuple[int, int] | None = None  # (id of the model object, its weights version) the engine holds
+        self.sync = sync
 
-    def sync(self, model: nn.Module, version: int) -> None:
-        """Give the engine ``model``'s weights if it does not hold this version yet (call between resume and generate)."""
-        if self._synced != (id(model), version):
-            self.engine.update_weights(model)
-            self._synced = (id(model), version)
-
-    def generate(self, rows: Sequence[dict[str, Any]], n: int, model: nn.Module, version: int, sampling: SamplingParams | None = None) -> RolloutBatch:
+    def generate(self, rows: Sequence[dict[str, Any]], n: int, sampling: SamplingParams | None = None) -> RolloutBatch:
         """``n`` completions of each row's prompt (rows of one prompt are consecutive: a group)."""
         requests = [self.prompts.request(row["prompt"], n=n, row=row.get("_row")) for row in rows]
         self.engine.resume()
         try:
-            self.sync(model, version)
+            self.sync()
             results = self.engine.generate(requests, sampling or self.sampling)
         finally:
             self.engine.release()

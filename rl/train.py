@@ -66,7 +66,8 @@ def prepare_inputs(config: RecipeConfig) -> None:
         out_dir = os.path.dirname(os.path.abspath(config.data.train))
         log.info("synthesising the embedded '%s' data set in %s", synth.task, out_dir)
         paths = make_dataset(
-            out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval, pairs_template=synth.pairs_template
+            out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval, pairs_template=synth.pairs_template,
+            speech_tasks=synth.speech_tasks,
         )
         expected = {"data.train": (config.data.train, paths["train"]), "data.eval": (config.data.eval, paths["eval"])}
         for i, stage in enumerate(config.stages):
@@ -99,6 +100,7 @@ class RLRecipe:
         self.timings: dict[str, float] = {}
         self.global_step = 0
         self.policy_version = 0  # bumped whenever the policy's weights change (optimizer step, merge)
+        self._engine_holds: tuple[int, int] | None = None  # (model object, weights version) the rollout engine has
         self.evals: dict[str, dict[str, float]] = {}
         self.stage_spans: list[tuple[str, int, int]] = []  # (stage, first global step, last)
         self._reward_sets: dict[str, Any] = {}
@@ -197,6 +199,13 @@ class RLRecipe:
         self.lm.audio_encoder().requires_grad_(not self.config.model.freeze_audio_encoder)
         self.weights_changed()
 
+    def sync_engine(self) -> None:
+        """Give the rollout engine the policy's weights unless it holds them already (call inside resume/release)."""
+        key = (id(self.lm.model), self.policy_version)
+        if self._engine_holds != key:
+            self.engine.update_weights(self.lm.model)
+            self._engine_holds = key
+
     def weights_changed(self) -> None:
         """The policy's weights changed: the engine needs them, the encoder cache must not serve the old ones."""
         self.policy_version += 1
@@ -230,6 +239,19 @@ class RLRecipe:
         optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def run_steps(self, stage: Any, step: Any) -> None:
+        """A stage's ``max_steps`` iterations of ``step(i) -> metrics``: logged, evaluated every ``eval.every_steps``, timed."""
+        start = time.perf_counter()
+        every = self.config.eval.every_steps
+        for i in range(stage.max_steps):
+            metrics = step(i)
+            self.global_step += 1
+            if (i + 1) % stage.logging_steps == 0 or i + 1 == stage.max_steps:
+                self.log(self.global_step, stage.name, metrics)
+            if every and (i + 1) % every == 0 and i + 1 < stage.max_steps:
+                self.evaluate(self.global_step, f"{stage.name}_step{i + 1}")
+        self.timings[f"{stage.name}_s"] = time.perf_counter() - start
+
     # --------------------------------------------------------------- logging
     def log(self, step: int, stage: str, values: dict[str, Any]) -> None:
         self.metrics.log(step, stage, values)
@@ -243,7 +265,7 @@ class RLRecipe:
         start = time.perf_counter()
         self.engine.resume()
         try:
-            self.engine.update_weights(self.lm.model)
+            self.sync_engine()
             results = evaluate(
                 self.eval_rows, self.prompts, self.engine, self.eval_rewards,
                 max_new_tokens=self.config.eval.max_new_tokens or self.config.rollout.max_new_tokens,

@@ -21,9 +21,10 @@ cd "$here"
 
 extras=()
 want_vllm=0
+want_test=0
 for arg in "$@"; do
   case "$arg" in
-    --test) extras+=(dev); want_vllm=1 ;;
+    --test) extras+=(dev); want_vllm=1; want_test=1 ;;
     --vllm) want_vllm=1 ;;
     --deepspeed) extras+=(deepspeed) ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
@@ -81,6 +82,14 @@ if [[ $want_vllm == 1 ]]; then
     echo "install.sh: vLLM was installed but does not import in $venv (output above); the tests need it" >&2
     exit 1
   fi
+fi
+
+# The tests also run the TRL-using tests on the oldest TRL that pyproject.toml accepts: it goes, without
+# its dependencies (the rest of the stack is shared), into a folder they put first on the path.
+if [[ $want_test == 1 ]]; then
+  trl_lowest="$("$py" -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(re.search(r"trl>=([0-9.]+)", next(d for d in deps if d.startswith("trl"))).group(1))')"
+  rm -rf "$venv/trl-lowest"
+  "${pip[@]}" install -q --no-deps --target "$venv/trl-lowest" "trl==$trl_lowest"
 fi
 
 "$py" - "$device" <<'EOF'

@@ -103,7 +103,7 @@ def test_audio_reaches_policy_and_reference_forwards_of_both_answers(tmp_path, t
 
 def test_online_pairs_are_the_best_and_worst_of_each_group_and_ties_are_skipped(tmp_path, tiny_model_dir, pair_data):
     recipe, stage = make_dpo(tmp_path, tiny_model_dir, pair_data, "online")
-    batch = stage.rollouts.generate(recipe.train_rows[:3], 4, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(recipe.train_rows[:3], 4)
     score(batch, stage.rewards)
     batch.total = torch.tensor([0.1, 0.9, 0.5, float("nan"), 0.3, 0.3, 0.3, 0.3, 1.0, float("nan"), float("nan"), float("nan")])
     stats = Stats()

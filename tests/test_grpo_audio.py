@@ -91,7 +91,7 @@ def scored_batch(tmp_path_factory, tiny_model_dir, pitch_data):
     tmp_path = tmp_path_factory.mktemp("batch")
     recipe, stage = make_stage(tmp_path, tiny_model_dir, pitch_data, **{"stages.grpo.beta": 0.04})
     rows = [r for r in recipe.train_rows if r["label"] == "high"][:1] + [r for r in recipe.train_rows if r["label"] == "low"][:1]
-    batch = stage.rollouts.generate(rows, stage.config.num_generations, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(rows, stage.config.num_generations)
     score(batch, stage.rewards)
     with torch.no_grad():
         for name, p in recipe.lm.model.named_parameters():  # a policy that differs from its reference
@@ -167,7 +167,7 @@ def test_advantages_come_from_the_registry(tmp_path, tiny_model_dir, pitch_data)
     from audiorl.rl.policy_gradient import Stats
 
     recipe, stage = make_stage(tmp_path, tiny_model_dir, pitch_data, **{"stages.grpo.advantage": "rloo"})
-    batch = stage.rollouts.generate(recipe.train_rows[:2], stage.config.num_generations, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(recipe.train_rows[:2], stage.config.num_generations)
     batch.total = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.2, 0.9, 0.0, 0.3])  # varied rewards
     stage.prepare(batch, Stats())
     expected = ADVANTAGES.get("rloo")(AdvantageInputs(batch.total, stage.config.num_generations))
@@ -207,7 +207,7 @@ def test_trainable_encoder_reference_is_never_served_the_policys_cached_audio(tm
     })
     stage.run()
     assert recipe.embedder.versions["policy"] > 1
-    batch = stage.rollouts.generate(recipe.train_rows[:2], stage.config.num_generations, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(recipe.train_rows[:2], stage.config.num_generations)
     score(batch, stage.rewards)
     stage.prepare(batch, Stats())  # the engine's generation cached the policy's encoder outputs first
     fresh = AudioForward(recipe.lm, AudioEmbedder(recipe.lm, recipe.store))  # no cache at all

@@ -55,7 +55,7 @@ def test_critic_is_a_copy_of_the_language_model_fed_the_policys_audio(tmp_path, 
     critic_calls = [c for c in calls if c[0]]
     assert critic_calls and all(role == "policy" and not grad and n > 0 for _, role, grad, n in critic_calls)
     # changing the audio changes the critic's values
-    batch = stage.rollouts.generate(recipe.train_rows[:2], 2, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(recipe.train_rows[:2], 2)
     seqs = batch.sequences()
     swapped = type(seqs)(seqs.input_ids, seqs.attention_mask, [batch.clips[2], batch.clips[3], batch.clips[0], batch.clips[1]], seqs.start)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_critic_is_a_copy_of_the_language_model_fed_the_policys_audio(tmp_path, 
 
 def test_rewards_on_the_last_token_kl_in_the_reward_and_gae(tmp_path, tiny_model_dir, pitch_data):
     recipe, stage = make_ppo(tmp_path, tiny_model_dir, pitch_data, **{"stages.ppo.beta": 0.1})
-    batch = stage.rollouts.generate(recipe.train_rows[:2], 2, recipe.lm.model, recipe.policy_version)
+    batch = stage.rollouts.generate(recipe.train_rows[:2], 2)
     score(batch, stage.rewards)
     batch.total = torch.tensor([1.0, 0.0, float("nan"), 0.5])
     with torch.no_grad():

@@ -91,17 +91,22 @@ class AudioForward:
                 entropy = entropy_from_logits(logits)
         return logps, entropy
 
-    def values(self, critic: nn.Module, policy: nn.Module, seqs: Sequences) -> torch.Tensor:
-        """A critic's value of the state before each completion token (``[B, C]``).
+    @torch.no_grad()
+    def critic_inputs(self, policy: nn.Module, seqs: Sequences) -> dict[str, Any]:
+        """The policy's input embeddings (audio included) for a critic, without grad: it learns values, not how to hear."""
+        inputs = self.model_inputs(policy, seqs.input_ids, seqs.attention_mask, seqs.clips, "policy")
+        return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in inputs.items()}
 
-        The critic sees the policy's input embeddings (its audio included), computed without grad:
-        it learns values, not how to hear.
+    def values(self, critic: nn.Module, policy: nn.Module, seqs: Sequences, inputs: dict[str, Any] | None = None) -> torch.Tensor:
+        """A critic's value of the state before each completion token (``[B, C]``), read from the policy's inputs.
+
+        A shared-base critic's gradient must be taken inside ``critic.active()``, with ``inputs``
+        computed outside it (they are the policy's, its adapter on).
         """
-        with torch.no_grad():
-            inputs = self.model_inputs(policy, seqs.input_ids, seqs.attention_mask, seqs.clips, "policy")
-            inputs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        if inputs is None:
+            inputs = self.critic_inputs(policy, seqs)
         with self.autocast():
-            hidden = critic.backbone(**inputs, use_cache=False).last_hidden_state
+            hidden = critic.hidden_states(inputs)
         width = seqs.input_ids.size(1) - seqs.start
         hidden = hidden[:, seqs.start - 1 : seqs.start - 1 + width]
         return critic.head(hidden.float()).squeeze(-1)

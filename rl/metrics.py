@@ -75,7 +75,7 @@ def plot_rewards(metrics: MetricsLog, path: str, accuracy_key: str | None, spans
             steps, values = zip(*accuracy)
             ax.plot(steps, values, "o-", label=f"held-out {accuracy_key.removeprefix('eval/')} (greedy)", color="tab:orange")
     ax.set_xlabel("step")
-    ax.set_ylim(-0.05, max(1.05, max((v for _, v in rewards), default=1.0) + 0.05))
+    ax.set_ylim(min(-0.05, min((v for _, v in rewards), default=0.0) - 0.05), max(1.05, max((v for _, v in rewards), default=1.0) + 0.05))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("audiorl: " + " -> ".join(stage for stage, _, _ in spans) if spans else "audiorl")

@@ -94,15 +94,18 @@ class PolicyGradientStage:
         run, cfg = self.run_, self.config
         run.seed_everything()
         self.rewards = run.reward_set(cfg)
-        # The critic copies the language model before the policy's adapter exists: it starts from the stage's weights.
-        self.critic = Critic.from_policy(run.lm, run.lm.model) if self.is_ppo else None
+        shared = self.is_ppo and cfg.critic.model == "shared_base"
+        # A copied critic is taken before the policy's adapter exists: it starts from the stage's weights.
+        self.critic = Critic.copy_of(run.lm, run.lm.model) if self.is_ppo and not shared else None
         run.apply_lora()
         self.reference = Reference(run.lm.model) if cfg.beta > 0 else None
         total_steps = cfg.max_steps * self.updates_per_batch
         self.optimizer, self.scheduler, self.params = run.build_optimizer(run.lm.model.parameters(), cfg, total_steps)
+        if shared:  # added after the policy's optimizer exists, which therefore never holds the critic's adapter
+            self.critic = Critic.shared_base(run.lm, run.lm.model, run.lora_config(with_modules_to_save=False))
         if self.critic is not None:
             self.critic_optimizer, self.critic_scheduler, self.critic_params = run.build_optimizer(
-                self.critic.parameters(), cfg.critic, total_steps
+                self.critic.trainable_parameters(), cfg.critic, total_steps, only_trainable=False
             )
         self.sampler = RowSampler(run.train_rows, run.config.seed)
         rollout = run.config.rollout
@@ -115,7 +118,11 @@ class PolicyGradientStage:
     def run(self) -> None:
         if not self.ready:
             self.setup()
-        self.run_.run_steps(self.config, self.step)
+        try:
+            self.run_.run_steps(self.config, self.step)
+        finally:
+            if self.critic is not None:
+                self.critic.close()
 
     def step(self, iteration: int) -> dict[str, float]:
         run, cfg = self.run_, self.config
@@ -178,6 +185,7 @@ class PolicyGradientStage:
         kl = None
         if kl_in_reward:
             kl = self.kl_fn(batch.old_logps, batch.ref_logps) * mask
+            stats.add("kl", kl, mask)
             stats.record("kl_penalty", float(cfg.beta * kl.sum(1).mean()))
         if self.critic is not None:
             token_rewards = torch.zeros_like(mask)
@@ -247,7 +255,9 @@ class PolicyGradientStage:
                             run.accelerator.backward(loss)
                             step_loss += float(loss.detach())
                         if self.critic is not None:
-                            run.accelerator.backward(self.value_loss(micro, ctx, stats))
+                            inputs = run.forward.critic_inputs(run.lm.model, micro.sequences())
+                            with self.critic.active():  # a shared critic's adapter takes the gradient
+                                run.accelerator.backward(self.value_loss(micro, inputs, ctx, stats))
                 with timer("optimizer"):
                     if train_policy:
                         stats.record("grad_norm", run.optimizer_step(self.optimizer, self.scheduler, self.params, cfg.max_grad_norm))
@@ -296,9 +306,9 @@ class PolicyGradientStage:
         stats.add("clip_ratio/region_mean", (out.clipped_low | out.clipped_high).float() * token_shape, mask)
         return self.aggregate(per_token, mask, ctx)
 
-    def value_loss(self, micro: RolloutBatch, ctx: AggregationContext, stats: Stats) -> torch.Tensor:
+    def value_loss(self, micro: RolloutBatch, inputs: dict, ctx: AggregationContext, stats: Stats) -> torch.Tensor:
         run = self.run_
-        values = run.forward.values(self.critic, run.lm.model, micro.sequences())
+        values = run.forward.values(self.critic, run.lm.model, micro.sequences(), inputs)
         device = values.device
         mask = micro.loss_mask.to(device, values.dtype)
         per_token, clipped = self.value_loss_fn(values, micro.values.to(device), micro.returns.to(device), self.config.critic.value_clip)

@@ -101,6 +101,9 @@ class GRPOConfig(PolicyGradientConfig):
 
 @dataclass
 class CriticConfig(OptimizerFields):
+    # copy: a value head on a full copy of the language model | shared_base: a value head on a second LoRA adapter
+    # on the policy's own base weights (lora.enabled; the language model is held once)
+    model: str = "copy"
     learning_rate: float = 1e-5
     value_loss: str = "clipped_mse"  # clipped_mse | mse | package.module:function
     value_clip: float = 0.2  # clipped_mse: how far a value may move from the rollout's value per update
@@ -248,6 +251,9 @@ def validate_policy_gradient(stage: PolicyGradientConfig, recipe: Any, key: str)
         _check_optimizer(stage.critic, f"{key}.critic")
         _check_registry_names(stage, key, {"critic.value_loss": "critic.value_loss"})
         _positive(stage.critic, f"{key}.critic", ("value_clip",))
+        _choice(stage.critic.model, ("copy", "shared_base"), f"{key}.critic.model")
+        if stage.critic.model == "shared_base" and not recipe.lora.enabled:
+            raise ConfigError(f"'{key}.critic.model' is 'shared_base', which needs lora.enabled: true (the critic is a second adapter)")
         _non_negative(stage.critic, f"{key}.critic", ("warmup_steps",))
 
 

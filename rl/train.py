@@ -168,26 +168,31 @@ class RLRecipe:
         return self._reward_sets[key]
 
     # ------------------------------------------------------------- the policy
-    def apply_lora(self) -> None:
-        """Wrap the policy in a fresh PEFT LoRA adapter on the language model (the encoder stays as configured)."""
-        from peft import LoraConfig, get_peft_model
+    def lora_config(self, with_modules_to_save: bool = True):
+        """The recipe's PEFT LoRA config: the language model's projections (and the trained audio modules)."""
+        from peft import LoraConfig
 
         cfg = self.config
-        if not cfg.lora.enabled:
-            return
         modules_to_save = []
-        if cfg.model.train_projector:
+        if with_modules_to_save and cfg.model.train_projector:
             modules_to_save.append(self.lm.projector_module)
-        if not cfg.model.freeze_audio_encoder:
+        if with_modules_to_save and not cfg.model.freeze_audio_encoder:
             modules_to_save.append(self.lm.encoder_module)
-        peft_config = LoraConfig(
+        return LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules or self.lm.lora_target_regex,
             modules_to_save=modules_to_save or None,
         )
-        self.lm.model = get_peft_model(self.lm.model, peft_config)
+
+    def apply_lora(self) -> None:
+        """Wrap the policy in a fresh PEFT LoRA adapter on the language model (the encoder stays as configured)."""
+        from peft import get_peft_model
+
+        if not self.config.lora.enabled:
+            return
+        self.lm.model = get_peft_model(self.lm.model, self.lora_config())
         self.lm.model.peft_config["default"].base_model_name_or_path = self.base_dir
         self.weights_changed()
 
@@ -211,12 +216,12 @@ class RLRecipe:
         self.policy_version += 1
         self.embedder.weights_changed("policy")
 
-    def build_optimizer(self, parameters, opt: Any, total_steps: int):
-        """AdamW over the parameters that require grad, the scheduler, and those parameters (for clipping)."""
+    def build_optimizer(self, parameters, opt: Any, total_steps: int, only_trainable: bool = True):
+        """AdamW over the parameters (those that require grad), the scheduler, and those parameters (for clipping)."""
         import torch
         from transformers import get_scheduler
 
-        params = [p for p in parameters if p.requires_grad]
+        params = [p for p in parameters if p.requires_grad or not only_trainable]
         if not params:
             raise ConfigError("nothing to train: no parameter requires grad (check lora / model.freeze_audio_encoder)")
         decay = [p for p in params if p.dim() >= 2]

@@ -71,7 +71,7 @@ def test_algorithm_metrics_are_logged(learned):
     rows = read_metrics(out)
     if name == "quickstart_ppo":
         ppo = [r for r in rows if r["stage"] == "ppo"]
-        for key in ("value_loss", "explained_variance", "clip_ratio/region_mean", "value_clip_ratio", "kl_penalty", "entropy", "critic/grad_norm"):
+        for key in ("value_loss", "explained_variance", "clip_ratio/region_mean", "value_clip_ratio", "kl", "kl_penalty", "entropy", "critic/grad_norm"):
             assert any(key in r for r in ppo), key
     else:
         dpo = [r for r in rows if r["stage"] == "dpo"]

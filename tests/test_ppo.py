@@ -47,7 +47,7 @@ def test_critic_is_a_copy_of_the_language_model_fed_the_policys_audio(tmp_path, 
 
     def spy(model, clips, role="policy"):
         callers = {f.function for f in inspect.stack()[1:8]}
-        calls.append(("values" in callers, role, torch.is_grad_enabled(), len(clips)))
+        calls.append((bool({"values", "critic_inputs"} & callers), role, torch.is_grad_enabled(), len(clips)))
         return original(model, clips, role)
 
     recipe.embedder.audio_embeds = spy
@@ -110,3 +110,37 @@ def test_actor_and_critic_learn_at_their_own_rates_and_warmup_holds_the_actor(tm
     metrics = stage.step(1)
     assert any(not torch.equal(actor[n], p) for n, p in recipe.lm.model.named_parameters() if p.requires_grad)
     assert {"loss", "value_loss", "explained_variance", "clip_ratio/region_mean", "entropy", "kl_penalty"} <= set(metrics)
+
+
+def test_shared_base_critic_is_a_second_adapter_never_synced_or_saved(tmp_path, tiny_model_dir, pitch_data):
+    recipe, stage = make_ppo(
+        tmp_path, tiny_model_dir, pitch_data,
+        **{"stages.ppo.critic.model": "shared_base", "rewards.0.name": "tests.reward_plugins:length_penalty"},
+    )
+    model = recipe.lm.model
+    assert stage.critic.shared and "critic" in model.peft_config and stage.critic.backbone is None
+    assert not {id(p) for p in stage.params} & {id(p) for p in stage.critic_params}  # one optimizer each
+    named = dict(model.named_parameters())
+    critic_adapter = {n: p.detach().clone() for n, p in named.items() if ".critic." in n}
+    policy_adapter = {n: p.detach().clone() for n, p in named.items() if ".default." in n}
+    base = {n: p.detach().clone() for n, p in named.items() if "base_layer" in n}
+    head = stage.critic.head.weight.detach().clone()
+    stage.step(0)
+    stage.step(1)
+    assert any(not torch.equal(critic_adapter[n], named[n]) for n in critic_adapter)
+    assert any(not torch.equal(policy_adapter[n], named[n]) for n in policy_adapter)
+    assert all(torch.equal(base[n], named[n]) for n in base)  # one language model, never trained in full
+    assert not torch.equal(head, stage.critic.head.weight)
+    assert model.active_adapter == "default"
+    synced = recipe.lm.hub_state_dict(model)  # what vLLM and the merged checkpoint get
+    stage.critic.close()
+    assert "critic" not in model.peft_config
+    without = recipe.lm.hub_state_dict(model)
+    assert synced.keys() == without.keys() and all(torch.equal(synced[k], without[k]) for k in synced)
+
+
+def test_shared_base_critic_needs_lora(tmp_path, tiny_model_dir, pitch_data):
+    from audiorl.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'shared_base', which needs lora.enabled: true"):
+        load_recipe(PPO_RECIPE, ppo_overrides(tmp_path, tiny_model_dir, pitch_data, **{"stages.ppo.critic.model": "shared_base", "lora.enabled": False}))

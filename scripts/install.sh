@@ -87,7 +87,7 @@ fi
 # The tests also run the TRL-using tests on the oldest TRL that pyproject.toml accepts: it goes, without
 # its dependencies (the rest of the stack is shared), into a folder they put first on the path.
 if [[ $want_test == 1 ]]; then
-  trl_lowest="$("$py" -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(re.search(r"trl>=([0-9.]+)", next(d for d in deps if d.startswith("trl"))).group(1))')"
+  trl_lowest="$("$py" -c 'import re; print(re.search(r"\"trl>=([0-9.]+)", open("pyproject.toml").read()).group(1))')"
   rm -rf "$venv/trl-lowest"
   "${pip[@]}" install -q --no-deps --target "$venv/trl-lowest" "trl==$trl_lowest"
 fi

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWEST_DIR = os.path.join(sys.prefix, "trl-lowest")
@@ -16,10 +15,10 @@ TRL_TESTS = ["tests/test_sft.py", "tests/test_rl_core_parity.py", "tests/test_re
 
 
 def trl_range() -> tuple[str, str]:
-    deps = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]["dependencies"]
-    spec = next(d for d in deps if d.startswith("trl"))
-    match = re.fullmatch(r"trl>=([0-9.]+),<([0-9.]+)", spec)
-    assert match, f"the trl requirement must be a range >=low,<high, got '{spec}'"
+    specs = re.findall(r'^\s*"(trl[^"]*)"', open(os.path.join(REPO, "pyproject.toml")).read(), flags=re.M)
+    assert len(specs) == 1, specs
+    match = re.fullmatch(r"trl>=([0-9.]+),<([0-9.]+)", specs[0])
+    assert match, f"the trl requirement must be a range >=low,<high, got '{specs[0]}'"
     return match.group(1), match.group(2)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from audiorl.model.base import AudioLM
@@ -62,8 +62,7 @@ class Critic(nn.Module):
     def active(self) -> Iterator[None]:
         """Run (and backpropagate) the critic inside this: a shared critic's adapter replaces the policy's."""
         if not self.shared:
-            with nullcontext():
-                yield
+            yield
             return
         previous = self._policy.active_adapter
         self._policy.set_adapter(ADAPTER)

@@ -19,7 +19,6 @@ import torch
 from audiorl.rl.algos import PREFERENCE_LOSSES, PreferenceInputs
 from audiorl.rl.batch import PairBatch, RolloutBatch, role_mask, token_roles
 from audiorl.rl.policy_gradient import Stats
-from audiorl.rl.prompts import clean_messages
 from audiorl.rl.reference import Reference
 from audiorl.rl.rollout import Rollouts, reward_metrics, score
 from audiorl.rl.sampler import RowSampler
@@ -95,14 +94,13 @@ class DPOStage:
         return self._build(prompts, chosen, rejected, clips) if prompts else None
 
     def pairs_from_rows(self, rows: list[dict], stats: Stats) -> PairBatch:
-        run = self.run_
-        tok, eos = run.lm.tokenizer, run.lm.eos_token_ids[0]
+        encoder = self.run_.prompts
         prompts, chosen, rejected, clips = [], [], [], []
         for row in rows:
-            ids, row_clips = run.prompts.encode(clean_messages(row["prompt"]), row=row.get("_row"))
+            ids, row_clips = encoder.encode(row["prompt"], row=row.get("_row"))
             prompts.append(ids)
-            chosen.append(tok(row["chosen"], add_special_tokens=False)["input_ids"] + [eos])
-            rejected.append(tok(row["rejected"], add_special_tokens=False)["input_ids"] + [eos])
+            chosen.append(encoder.completion_ids(row["chosen"]))
+            rejected.append(encoder.completion_ids(row["rejected"]))
             clips.append(row_clips)
         stats.record("dpo/pairs", float(len(prompts)))
         return self._build(prompts, chosen, rejected, clips)
@@ -152,7 +150,7 @@ class DPOStage:
                 seqs = micro.sequences()
                 device = next(model.parameters()).device
                 mask = micro.loss_mask.to(device, torch.float32)
-                with torch.no_grad(), timer("no_grad_forward"):
+                with timer("no_grad_forward"):
                     ref = self._summed_logps(self.reference.token_logps(forward, model, seqs), mask)
                 logps, _ = forward.token_logps(model, seqs, "policy")
                 policy = self._summed_logps(logps, mask)

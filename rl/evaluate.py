@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 from audiorl.rewards import RewardSet
 from audiorl.rl.prompts import PromptEncoder
+from audiorl.rl.rollout import reward_columns
 from audiorl.rollouts.base import RolloutEngine, SamplingParams
-
-_NOT_COLUMNS = ("prompt", "prompt_text")
 ASR_REWARDS = ("asr_correctness", "asr_edit_distance")
 
 
@@ -27,7 +26,7 @@ def evaluate(
     requests = [prompts.request(row["prompt"], n=1, row=row.get("_row")) for row in rows]
     completions = [c[0] for c in engine.generate(requests, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))]
     texts = [c.text for c in completions]
-    columns = {k: [row[k] for row in rows] for k in rows[0] if k not in _NOT_COLUMNS}
+    columns = reward_columns(rows)
     scores = rewards.score(texts, [row.get("prompt_text") for row in rows], columns)
     if samples_path:
         with open(samples_path, "w") as f:

@@ -44,6 +44,10 @@ class PromptEncoder:
             ids = self._ids[key] = self.lm.prompt_ids(messages, clips)
         return list(ids), clips
 
+    def completion_ids(self, text: str) -> list[int]:
+        """A written completion's token ids as the model would emit it: its text tokens, then the stop token."""
+        return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.lm.eos_token_ids[0]]
+
     def request(self, messages: list[dict[str, Any]], n: int = 1, row: int | None = None) -> RolloutRequest:
         ids, clips = self.encode(messages, row)
         return RolloutRequest(prompt_ids=ids, clips=clips, n=n)

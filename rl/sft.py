@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from audiorl.common.errors import ConfigError
 from audiorl.model.forward import AudioForward
-from audiorl.rl.prompts import PromptEncoder, clean_messages
+from audiorl.rl.prompts import PromptEncoder
 from trl import SFTTrainer
 
 
@@ -25,15 +25,13 @@ class AudioSFTCollator:
     def __init__(self, prompts: PromptEncoder, completion_column: str = "completion"):
         self.prompts = prompts
         self.completion_column = completion_column
-        tokenizer = prompts.lm.tokenizer
-        self.tokenizer = tokenizer
-        self.eos_id = prompts.lm.eos_token_ids[0]
+        self.tokenizer = prompts.lm.tokenizer
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         sequences, labels, clips = [], [], []
         for row in rows:
-            prompt_ids, row_clips = self.prompts.encode(clean_messages(row["prompt"]), row=row.get("_row"))
-            completion = self.tokenizer(row[self.completion_column], add_special_tokens=False)["input_ids"] + [self.eos_id]
+            prompt_ids, row_clips = self.prompts.encode(row["prompt"], row=row.get("_row"))
+            completion = self.prompts.completion_ids(row[self.completion_column])
             sequences.append(prompt_ids + completion)
             labels.append([-100] * len(prompt_ids) + completion)
             clips.append(row_clips)

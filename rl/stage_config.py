@@ -13,6 +13,7 @@ from ``ALGORITHMS``; the runner is imported only when the stage runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable, Optional
 
 from audiorl.common.errors import ConfigError, missing_input, nearest
@@ -208,7 +209,7 @@ def _check_registry_names(stage: Any, key: str, names: dict[str, str]) -> None:
     from audiorl.rl.algos import REGISTRIES, TRL_LOSS_TYPES
 
     for field_name, registry_key in names.items():
-        value = getattr(stage, field_name) if "." not in field_name else getattr(stage.critic, field_name.split(".")[1])
+        value = attrgetter(field_name)(stage)
         if registry_key == "loss_aggregation" and value in TRL_LOSS_TYPES:
             raise ConfigError(
                 f"'{key}.{field_name}' is '{value}', TRL's loss_type name: here that aggregation is "

@@ -124,6 +124,7 @@ class RLRecipe:
         self.seed_everything()
         prepare_inputs(cfg)
         self.train_rows, self.eval_rows = load_rows(cfg)
+        self.store = AudioStore()  # rewards that take waveforms read the clips the trainer decodes
         for stage in cfg.enabled_stages():  # reward columns are checked before the model loads
             rewards = self.reward_set(stage)
             if rewards is not None:
@@ -139,9 +140,6 @@ class RLRecipe:
         self.accelerator = Accelerator(cpu=self.device == "cpu", mixed_precision=precision)
         self.lm = load_audio_lm(cfg.model.path, dtype=cfg.model.dtype, device=self.device)
         self.lm.audio_encoder().requires_grad_(not cfg.model.freeze_audio_encoder)
-        self.store = AudioStore()
-        for rewards in self._reward_sets.values():
-            rewards.audio_store = self.store  # rewards that take waveforms read the clips the trainer already decoded
         self.embedder = AudioEmbedder(self.lm, self.store, cache_bytes=cfg.model.audio_cache_mb << 20)
         self.forward = AudioForward(self.lm, self.embedder, autocast=self.accelerator.autocast)
         self.prompts = PromptEncoder(self.lm, self.store)
@@ -164,7 +162,7 @@ class RLRecipe:
             return None
         key = _spec_key(specs)
         if key not in self._reward_sets:
-            self._reward_sets[key] = RewardSet(specs, audio_store=getattr(self, "store", None))
+            self._reward_sets[key] = RewardSet(specs, audio_store=self.store)
         return self._reward_sets[key]
 
     # ------------------------------------------------------------- the policy

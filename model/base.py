@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from audiorl.common.errors import ConfigError, DataError
 from audiorl.common.registry import Registry
-from audiorl.data.audio import Clip
+from audiorl.data.audio import SAMPLE_RATE, Clip
 from torch import nn
 
 FAMILIES: Registry[type[AudioLM]] = Registry("model family")
@@ -55,6 +55,14 @@ class AudioLM(abc.ABC):
         self.model = model
         self.processor = processor
         self.path = path
+
+    #: modalities the vLLM model accepts besides audio, turned off for rollouts (none for audio-only families).
+    vllm_disabled_modalities: tuple[str, ...] = ()
+
+    @property
+    def vllm_loadable(self) -> bool:
+        """Whether vLLM can start from ``path`` as it is (else a rollout engine serves it a fresh save)."""
+        return self.path is not None
 
     # ----------------------------------------------------------------- text side
     @property
@@ -97,11 +105,38 @@ class AudioLM(abc.ABC):
     def audio_token_count(self, num_samples: int) -> int:
         """How many placeholder tokens a clip of ``num_samples`` (16 kHz) expands to."""
 
-    @abc.abstractmethod
+    @property
+    def max_audio_samples(self) -> int:
+        """The longest clip (16 kHz samples) one audio part may hold: the feature extractor's window."""
+        return int(self.processor.feature_extractor.n_samples)
+
     def prompt_ids(self, messages: Messages, clips: Sequence[Clip], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered prompt with each audio placeholder expanded for its clip."""
+        text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        slots = [i for i, t in enumerate(ids) if t == self.audio_placeholder_id]
+        if len(slots) != len(clips):
+            raise DataError(f"the prompt has {len(slots)} audio parts but {len(clips)} clips were given")
+        out: list[int] = []
+        start = 0
+        for slot, clip in zip(slots, clips):
+            if clip.num_samples > self.max_audio_samples:
+                raise DataError(
+                    f"audio '{clip.source}' is {clip.num_samples / SAMPLE_RATE:.1f} s long; this model reads at most "
+                    f"{self.max_audio_samples / SAMPLE_RATE:.0f} s per clip (split it, or trim it in the data)"
+                )
+            out += ids[start:slot] + [self.audio_placeholder_id] * self.audio_token_count(clip.num_samples)
+            start = slot + 1
+        return out + ids[start:]
 
     # ---------------------------------------------------------------- audio side
+    def features(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features padded to the window and their frame mask (the Whisper feature extractor's)."""
+        out = self.processor.feature_extractor(
+            list(waves), sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length", return_tensors="pt"
+        )
+        return out["input_features"], out["attention_mask"]
+
     @abc.abstractmethod
     def encode(self, model: nn.Module, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Audio-encoder outputs of ``model``'s encoder, one ``[n_tokens_i, d_enc]`` tensor per clip.
@@ -171,6 +206,9 @@ class AudioLM(abc.ABC):
     def lora_target_regex(self) -> str:
         """PEFT ``target_modules`` regex hitting the language model only (not the audio encoder)."""
 
+    #: PEFT ``exclude_modules`` regex: modules LoRA must never touch, whatever the target regex resolves to.
+    lora_exclude_regex: str | None = None
+
     def audio_encoder(self, model: nn.Module | None = None) -> nn.Module:
         return find_module(model if model is not None else self.model, self.encoder_module)
 
@@ -184,9 +222,29 @@ class AudioLM(abc.ABC):
         ``trainable_only``: only those an optimizer step can change (see ``merged_state_dict``).
         """
 
+    def engine_state_dict(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """What a rollout engine's in-place reload is sent: ``hub_state_dict``, less what the engine cannot reload."""
+        return self.hub_state_dict(model, trainable_only)
+
     @abc.abstractmethod
     def save_pretrained(self, model: nn.Module, out_dir: str) -> None:
         """Write ``model`` (LoRA merged) and the processor in the hub layout that vLLM loads."""
+
+    def write_checkpoint(self, out_dir: str, state: dict[str, torch.Tensor], config: Any, generation_config: Any) -> None:
+        """Weights (hub names), config, generation config and processor: the files ``save_pretrained`` writes."""
+        from safetensors.torch import save_file
+
+        os.makedirs(out_dir, exist_ok=True)
+        save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(out_dir)
+        if generation_config is not None:
+            generation_config.save_pretrained(out_dir)
+        self.save_processor(out_dir)
+        with open(os.path.join(out_dir, "audiorl.json"), "w") as f:
+            json.dump({"family": self.family, "layout": "hub"}, f)
+
+    def save_processor(self, out_dir: str) -> None:
+        self.processor.save_pretrained(out_dir)
 
 
 def detect_family(path: str) -> str:

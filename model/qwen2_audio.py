@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from audiorl.common.errors import DataError
-from audiorl.data.audio import SAMPLE_RATE, Clip
 from audiorl.model.base import FAMILIES, AudioLM, Messages, find_module
 from audiorl.model.weights import base_model, merged_state_dict
-from safetensors.torch import save_file
 from torch import nn
 
 # transformers >= 5 nests the modules as model.{audio_tower,multi_modal_projector,language_model} + lm_head;
@@ -96,45 +91,11 @@ class Qwen2AudioLM(AudioLM):
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    @property
-    def max_audio_samples(self) -> int:
-        return int(self.processor.feature_extractor.n_samples)
-
     def audio_token_count(self, num_samples: int) -> int:
         fe = self.processor.feature_extractor
         frames = min(math.ceil(num_samples / fe.hop_length), fe.nb_max_frames)
         # Qwen2AudioProcessor: conv2 (stride 2) then average pooling (stride 2).
         return (((frames - 1) // 2 + 1) - 2) // 2 + 1
-
-    def prompt_ids(self, messages: Messages, clips: Sequence[Clip], add_generation_prompt: bool = True) -> list[int]:
-        text = self.render(messages, add_generation_prompt=add_generation_prompt)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        slots = [i for i, t in enumerate(ids) if t == self.audio_placeholder_id]
-        if len(slots) != len(clips):
-            raise DataError(f"the prompt has {len(slots)} audio parts but {len(clips)} clips were given")
-        out: list[int] = []
-        start = 0
-        for slot, clip in zip(slots, clips):
-            if clip.num_samples > self.max_audio_samples:
-                raise DataError(
-                    f"audio '{clip.source}' is {clip.num_samples / SAMPLE_RATE:.1f} s long; this model reads at most "
-                    f"{self.max_audio_samples / SAMPLE_RATE:.0f} s per clip (split it, or trim it in the data)"
-                )
-            out += ids[start:slot] + [self.audio_placeholder_id] * self.audio_token_count(clip.num_samples)
-            start = slot + 1
-        return out + ids[start:]
-
-    # ---------------------------------------------------------------- audio side
-    def features(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        fe = self.processor.feature_extractor
-        out = fe(
-            list(waves),
-            sampling_rate=SAMPLE_RATE,
-            return_attention_mask=True,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        return out["input_features"], out["attention_mask"]
 
     def encode(self, model: nn.Module, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         from transformers.masking_utils import create_bidirectional_mask
@@ -164,14 +125,7 @@ class Qwen2AudioLM(AudioLM):
         return {to_hub_key(k): v for k, v in merged_state_dict(model, trainable_only).items()}
 
     def save_pretrained(self, model: nn.Module, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.hub_state_dict(model).items()}
-        save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        model = base_model(model)
-        model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
-        model.config.save_pretrained(out_dir)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(out_dir)
-        self.processor.save_pretrained(out_dir)
-        with open(os.path.join(out_dir, "audiorl.json"), "w") as f:
-            json.dump({"family": self.family, "layout": "hub"}, f)
+        inner = base_model(model)
+        inner.config.architectures = [type(inner).__name__]  # vLLM picks its model class from this
+        self.write_checkpoint(out_dir, state, inner.config, getattr(inner, "generation_config", None))

@@ -39,22 +39,33 @@ class TinySpec:
     lm_head_std: float = 0.1
 
 
-def _corpus() -> list[str]:
+def _corpus(chat_template: str) -> list[str]:
     from audiorl.data.synth import corpus_text
-    from audiorl.model.qwen2_audio import CHAT_TEMPLATE
 
     lines = corpus_text()
     lines += [
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nAudio 1: ",
         "<|im_end|>\n<|im_start|>assistant\n",
-        CHAT_TEMPLATE,
+        chat_template,
         "0 1 2 3 4 5 6 7 8 9 10 100 1000 . , ; : ! ? ' \" ( ) [ ] - + * / = % & # @ $",
     ]
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """Byte-level BPE with Qwen2's pre-tokenizer, trained deterministically on the embedded text."""
+def build_tokenizer(
+    vocab_size: int = 1024,
+    special_tokens: list[str] | None = None,
+    named_tokens: dict[str, str] | None = None,
+    chat_template: str | None = None,
+):
+    """Byte-level BPE with Qwen2's pre-tokenizer, trained deterministically on the embedded text.
+
+    ``special_tokens`` (after ``<|endoftext|>``, the pad) default to Qwen2-Audio's; ``named_tokens``
+    become tokenizer attributes (``tokenizer.audio_token``...), as multimodal processors expect.
+    """
+    if chat_template is None:
+        from audiorl.model.qwen2_audio import CHAT_TEMPLATE as chat_template
+    special_tokens = special_tokens or SPECIAL_TOKENS
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -69,11 +80,11 @@ def build_tokenizer(vocab_size: int = 1024):
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(TAG_TOKENS),
+        vocab_size=vocab_size - len(special_tokens) - len(TAG_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    bpe.train_from_iterator(_corpus(chat_template), trainer=trainer)
     vocab = bpe.get_vocab()
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     tok = Qwen2Tokenizer(
@@ -83,8 +94,9 @@ def build_tokenizer(vocab_size: int = 1024):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=32768,
+        model_specific_special_tokens=named_tokens or None,
     )
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tok.add_special_tokens({"additional_special_tokens": special_tokens[1:]})
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     return tok
 
@@ -144,3 +156,27 @@ def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpe
 
     Qwen2AudioLM(model, processor).save_pretrained(model, out_dir)
     return os.path.abspath(out_dir)
+
+
+def _tiny_omni(family: str):
+    def build(out_dir: str, seed: int = 0) -> str:
+        from audiorl.model.tiny_omni import build_tiny_omni
+
+        return build_tiny_omni(out_dir, family, seed=seed)
+
+    return build
+
+
+#: family -> builder of its tiny random model (``audiorl make-tiny OUT --family F``, ``model.tiny_family``).
+TINY_FAMILIES = {
+    "qwen2_audio": build_tiny_qwen2_audio,
+    "qwen2_5_omni": _tiny_omni("qwen2_5_omni"),
+    "qwen3_omni_moe": _tiny_omni("qwen3_omni_moe"),
+}
+
+
+def build_tiny(out_dir: str, family: str = "qwen2_audio", seed: int = 0) -> str:
+    """Write the tiny random model of ``family`` to ``out_dir``; returns its absolute path."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no tiny model for family '{family}' (known: {', '.join(TINY_FAMILIES)})")
+    return TINY_FAMILIES[family](out_dir, seed=seed)

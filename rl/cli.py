@@ -3,7 +3,7 @@
   audiorl train RECIPE [key=value ...]      train as the recipe says (RECIPE: a YAML path or a bundled name)
   audiorl validate RECIPE [key=value ...]   check a recipe without loading anything heavy
   audiorl train-rm RECIPE [key=value ...]   train a reward model on preference pairs (rl/reward_model.py)
-  audiorl make-tiny OUT [--seed N]          write the tiny random Qwen2-Audio used by tests and the quickstart
+  audiorl make-tiny OUT [--family F] [--seed N]   write a tiny random model (tests, quickstarts)
   audiorl make-data OUT [--task pitch|speech] [--seed N] ...   write an embedded data set
   audiorl recipes                           list the bundled recipes
   audiorl rewards                           list the rewards a recipe can name (built-in and plug-ins)
@@ -51,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML path or bundled recipe name")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=10")
-    p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-Audio (model, tokenizer, processor)")
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("make-tiny", help="write a tiny random audio LLM (model, tokenizer, processor), built offline")
+    p.add_argument("out", help="output directory (hub layout: transformers and vLLM load it)")
+    p.add_argument("--family", default="qwen2_audio", choices=["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p = sub.add_parser("make-data", help="write an embedded data set (audio + train/eval files)")
     p.add_argument("out")
     p.add_argument("--task", choices=["pitch", "speech"], default="pitch")
@@ -123,9 +124,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name:26s} (plug-in: {ep.value})")
         return 0
     if args.command == "make-tiny":
-        from audiorl.model.tiny import build_tiny_qwen2_audio
+        from audiorl.model.tiny import build_tiny
 
-        print(build_tiny_qwen2_audio(args.out, seed=args.seed))
+        print(build_tiny(args.out, args.family, seed=args.seed))
         return 0
     if args.command == "make-data":
         from audiorl.data.synth import make_dataset

@@ -27,7 +27,8 @@ from omegaconf.errors import (
 @dataclass
 class ModelConfig:
     path: str = MISSING  # local Hugging Face-format directory of the audio LLM
-    build_tiny: bool = False  # write audiorl's tiny random Qwen2-Audio to `path` first if it is not there
+    build_tiny: bool = False  # write one of audiorl's tiny random models to `path` first if it is not there
+    tiny_family: str = "qwen2_audio"  # which: qwen2_audio | qwen2_5_omni | qwen3_omni_moe
     tiny_seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -366,6 +367,13 @@ def validate(config: RecipeConfig) -> None:
     _validate_stages(config)
     _validate_rewards(config.rewards, "rewards")
 
+    from audiorl.model.tiny import TINY_FAMILIES
+
+    if config.model.tiny_family not in TINY_FAMILIES:
+        raise ConfigError(
+            f"'model.tiny_family': '{config.model.tiny_family}'{nearest(config.model.tiny_family, TINY_FAMILIES)}; "
+            f"choose from {', '.join(TINY_FAMILIES)}"
+        )
     model_dir = config.model.path
     if not config.model.build_tiny and not os.path.isfile(os.path.join(model_dir, "config.json")):
         missing_input(

@@ -121,8 +121,14 @@ class SFTStage:
         )
 
     def run(self) -> None:
+        text_config = self.run_.lm.model.config.get_text_config()
+        router_logits = getattr(text_config, "output_router_logits", None)
         trainer = self.build_trainer()
         start = time.perf_counter()
         trainer.train()
+        if router_logits is not None:
+            # TRL (1.16) turns on an MoE config's router logits for its aux loss and leaves them on; generation then
+            # computes that loss over the cached prompt's mask and fails (Qwen3-Omni). The stage gives them back.
+            text_config.output_router_logits = router_logits
         self.run_.weights_changed()
         self.run_.timings[f"{self.config.name}_s"] = time.perf_counter() - start

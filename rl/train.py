@@ -54,11 +54,10 @@ def prepare_inputs(config: RecipeConfig) -> None:
     """Build the tiny model and synthesise the embedded data set where the recipe asks for them."""
     if config.model.build_tiny:
         from audiorl.common.io import build_checkpoint_once
-        from audiorl.model.tiny import build_tiny_qwen2_audio
+        from audiorl.model.tiny import build_tiny
 
-        build_checkpoint_once(
-            config.model.path, lambda out: build_tiny_qwen2_audio(out, seed=config.model.tiny_seed), "the tiny Qwen2-Audio"
-        )
+        family, seed = config.model.tiny_family, config.model.tiny_seed
+        build_checkpoint_once(config.model.path, lambda out: build_tiny(out, family, seed=seed), f"the tiny {family}")
     synth = config.data.synthesize
     if synth is not None and not os.path.isfile(config.data.train):
         from audiorl.data.synth import make_dataset
@@ -181,6 +180,7 @@ class RLRecipe:
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules or self.lm.lora_target_regex,
+            exclude_modules=self.lm.lora_exclude_regex,
             modules_to_save=modules_to_save or None,
         )
 

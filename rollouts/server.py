@@ -158,6 +158,7 @@ def checkpoint_dtype(model_dir: str) -> str:
     """The dtype the checkpoint's config names (vLLM's own "auto" would run a float32 model in 16 bits)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
+    config = config.get("thinker_config", config)  # Omni: the thinker's config holds the dtype
     dtype = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
     return str(dtype or "float32").removeprefix("torch.")
 
@@ -175,6 +176,7 @@ def serve(args: argparse.Namespace) -> None:
         kv_cache_mb=args.kv_cache_mb,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_audio_per_prompt=args.max_audio_per_prompt,
+        disabled_modalities=lm.vllm_disabled_modalities,
         stop_token_ids=lm.eos_token_ids,
         suppress_token_ids=lm.special_input_token_ids,
         placeholder_id=lm.audio_placeholder_id,

@@ -24,7 +24,7 @@ class WeightSync:
 
     def changed(self, model: nn.Module) -> dict[str, torch.Tensor]:
         full = id(model) != self._model_id
-        state = self.lm.hub_state_dict(model, trainable_only=not full)
+        state = self.lm.engine_state_dict(model, trainable_only=not full)
         self._model_id = id(model)
         self.syncs += 1
         self.last_tensors = len(state)

@@ -25,6 +25,7 @@ def worker_options(lm: Any, config: Any, seed: int) -> dict[str, Any]:
         "enforce_eager": v.enforce_eager,
         "sleep_mode": v.sleep_mode,
         "max_audio_per_prompt": v.max_audio_per_prompt,
+        "disabled_modalities": lm.vllm_disabled_modalities,
         "stop_token_ids": lm.eos_token_ids,
         "suppress_token_ids": lm.special_input_token_ids,
         "placeholder_id": lm.audio_placeholder_id,
@@ -40,7 +41,7 @@ class VLLMColocatedEngine(RolloutEngine):
         super().__init__(lm, embedder, config, seed)
         self._snapshot = None
         model_dir = lm.path
-        if model_dir is None:  # an in-memory model: give vLLM a checkpoint of it
+        if model_dir is None or not lm.vllm_loadable:  # in memory, or a layout vLLM cannot load: save one
             self._snapshot = model_dir = tempfile.mkdtemp(prefix="audiorl-vllm-")
             lm.save_pretrained(lm.model, model_dir)
         self.worker = VLLMWorker(model_dir, **worker_options(lm, config, seed))

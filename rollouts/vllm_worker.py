@@ -68,6 +68,7 @@ class VLLMWorker:
         enforce_eager: bool | None = None,
         sleep_mode: bool = False,
         max_audio_per_prompt: int = 1,
+        disabled_modalities: Sequence[str] = (),
         stop_token_ids: Sequence[int] = (),
         suppress_token_ids: Sequence[int] = (),
         placeholder_id: int,
@@ -85,7 +86,8 @@ class VLLMWorker:
             "max_model_len": max_model_len,
             "enforce_eager": (not on_gpu) if enforce_eager is None else enforce_eager,
             "distributed_executor_backend": "uni",
-            "limit_mm_per_prompt": {"audio": max_audio_per_prompt},
+            # other modalities at 0: vLLM then neither profiles nor accepts them (Omni's video needs torchvision)
+            "limit_mm_per_prompt": {"audio": max_audio_per_prompt, **{m: 0 for m in disabled_modalities}},
             "logprobs_mode": "processed_logprobs",
             "gpu_memory_utilization": gpu_memory_utilization,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,14 +35,18 @@ def test_editable_install_imports_under_one_namespace(tmp_path):
 def test_console_script():
     script = os.path.join(os.path.dirname(sys.executable), "audiorl")
     proc = subprocess.run([script, "recipes"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.startswith("quickstart\t")
+    assert proc.returncode == 0 and any(line.startswith("quickstart\t") for line in proc.stdout.splitlines())
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
+    # Built from a copy: an in-tree build leaves audiorl.egg-info in the checkout, whose (then stale) entry
+    # points shadow the installed ones for any process started there (vLLM would miss audiorl's plugin).
+    src = tmp_path_factory.mktemp("src") / "audiorl"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), REPO],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,6 +75,7 @@ def test_wheel_holds_only_the_audiorl_namespace(wheel):
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "audiorl = audiorl.rl.cli:main" in entry_points
+    assert "[vllm.general_plugins]" in entry_points and "audiorl.rollouts.vllm_plugin:register" in entry_points
 
 
 def test_built_wheel_imports_on_its_own(wheel, tmp_path):

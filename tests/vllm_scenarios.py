@@ -26,10 +26,14 @@ def main() -> None:
     from audiorl.rollouts import SamplingParams
     from audiorl.rollouts.hf import HFRolloutEngine
     from audiorl.rollouts.vllm_colocated import VLLMColocatedEngine
+    from audiorl.rollouts.vllm_worker import collapse_placeholders
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     lm = load_audio_lm(model_dir)
+    for name, p in lm.model.named_parameters():
+        if ".experts." in name:  # MoE experts stay frozen with vLLM on CPU (Qwen3OmniLM.engine_state_dict)
+            p.requires_grad_(False)
     store = AudioStore()
     embedder = AudioEmbedder(lm, store)
     encoder = PromptEncoder(lm, store)
@@ -49,18 +53,23 @@ def main() -> None:
         return [c[0].token_ids for c in engine.generate(requests, greedy)]
 
     def compare(name):
+        embedder.weights_changed()  # as the trainer does after a step (a trainable tower's outputs are versioned)
         vllm.update_weights(lm.model)
         a, b = ids(hf), ids(vllm)
         out[name] = {"hf": a, "vllm": b, "tensors_synced": vllm.sync.last_tensors}
 
     compare("initial")
     with torch.no_grad():  # a full-weight update: every language-model weight moves
-        for name, p in lm.model.named_parameters():
-            if "language_model" in name:
-                p.add_(torch.randn_like(p) * 0.02)
+        for name, p in lm.language_model(lm.model).named_parameters():
+            if ".experts." in name:  # MoE experts: frozen with vLLM rollouts on CPU (Qwen3OmniLM.engine_state_dict)
+                continue
+            p.add_(torch.randn_like(p) * 0.02)
     compare("full_update")
     lm.model = get_peft_model(
-        lm.model, LoraConfig(r=8, lora_alpha=16, target_modules=lm.lora_target_regex, modules_to_save=[lm.projector_module])
+        lm.model, LoraConfig(
+            r=8, lora_alpha=16, target_modules=lm.lora_target_regex, exclude_modules=lm.lora_exclude_regex,
+            modules_to_save=[lm.projector_module],
+        )
     )
     with torch.no_grad():
         for name, p in lm.model.named_parameters():
@@ -82,14 +91,39 @@ def main() -> None:
         for request, group in zip(requests, sampled):
             for c in group:
                 full = torch.tensor([request.prompt_ids + c.token_ids])
-                with torch.no_grad():
-                    embeds = embedder.inputs_embeds(model, full, [request.clips])
-                    logits = model(inputs_embeds=embeds).logits[0, len(request.prompt_ids) - 1 : -1].float()
+                with torch.no_grad():  # through the family hook (Omni: multimodal rotary positions)
+                    audio = embedder.audio_embeds(model, list(request.clips))
+                    inputs = lm.forward_inputs(model, full, torch.ones_like(full), audio)
+                    hidden = lm.language_model(model)(**inputs, use_cache=False).last_hidden_state
+                    logits = lm.output_head(model)(hidden)[0, len(request.prompt_ids) - 1 : -1].float()
                 logp = torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
                 worst = max(worst, (logp - torch.tensor(c.logprobs)).abs().max().item())
                 n_tokens += len(c.token_ids)
         out[f"logprob_max_abs_diff_t{temperature}"] = worst
         out[f"logprob_tokens_t{temperature}"] = n_tokens
+
+    # Prompt log-probs (prefill): vLLM's against the trainer's forward of the same prompt and audio. The decode
+    # gap above is larger (vLLM's CPU decode path); the prefill one shows the audio and positions are the same.
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    worst = 0.0
+    for request in requests[:3]:
+        prompt = vllm_prompt(store, request)
+        ids = collapse_placeholders(prompt.prompt_ids, lm.audio_placeholder_id)
+        scored = vllm.worker.llm.generate(
+            [{"prompt_token_ids": ids, "multi_modal_data": {"audio": (prompt.waves[0], 16000)}}],
+            VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False,
+        )[0].prompt_logprobs
+        full = torch.tensor([request.prompt_ids])
+        with torch.no_grad():
+            audio = embedder.audio_embeds(lm.model, list(request.clips))
+            inputs = lm.forward_inputs(lm.model, full, torch.ones_like(full), audio)
+            hidden = lm.language_model(lm.model)(**inputs, use_cache=False).last_hidden_state
+            logp = torch.log_softmax(lm.output_head(lm.model)(hidden)[0, :-1].float(), -1)
+        ours = logp.gather(-1, full[0, 1:, None])[:, 0]
+        theirs = torch.tensor([next(iter(d.values())).logprob for d in scored[1:]])
+        worst = max(worst, (ours - theirs).abs().max().item())
+    out["prompt_logprob_max_abs_diff"] = worst
 
     # Seeds: the same call index gives the same samples; the audio placeholder is never sampled.
     params = SamplingParams(max_new_tokens=16, temperature=1.0)

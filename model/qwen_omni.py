@@ -129,18 +129,20 @@ class OmniThinkerLM(AudioLM):
     # ---------------------------------------------------------------- audio side
     def encode(self, model: nn.Module, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         # The tower cuts each clip into fixed windows and attends within them (cu_seqlens per clip), so a
-        # clip's embeddings do not depend on what it is batched with.
-        thinker = base_model(model)
-        param = next(thinker.audio_tower.parameters())
+        # clip's embeddings do not depend on what it is batched with (Qwen3: see its encode_batch).
         outputs: list[torch.Tensor] = []
         for start in range(0, len(waves), self.encode_batch_size):
-            features, frame_mask = self.features(waves[start : start + self.encode_batch_size])
-            hidden = thinker.get_audio_features(
-                features.to(param.device, param.dtype), feature_attention_mask=frame_mask.to(param.device), return_dict=True
-            ).last_hidden_state
-            lengths = [self.tokens_for_frames(int(n)) for n in frame_mask.sum(-1)]
-            outputs += list(hidden.split(lengths))
+            outputs += self.encode_batch(model, list(waves[start : start + self.encode_batch_size]))
         return outputs
+
+    def encode_batch(self, model: nn.Module, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        thinker = base_model(model)
+        param = next(thinker.audio_tower.parameters())
+        features, frame_mask = self.features(waves)
+        hidden = thinker.get_audio_features(
+            features.to(param.device, param.dtype), feature_attention_mask=frame_mask.to(param.device), return_dict=True
+        ).last_hidden_state
+        return list(hidden.split([self.tokens_for_frames(int(n)) for n in frame_mask.sum(-1)]))
 
     def project(self, model: nn.Module, encoded: torch.Tensor) -> torch.Tensor:
         return encoded  # the tower's last layers are the projection
@@ -219,6 +221,14 @@ class Qwen3OmniLM(OmniThinkerLM):
     whole_model_type = "qwen3_omni_moe"
     whole_architecture = "Qwen3OmniMoeForConditionalGeneration"
     projector_module = "audio_tower.proj2"
+
+    def encode_batch(self, model: nn.Module, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        # The tower pads each clip's 100-frame chunks to the longest chunk in the batch, and its convolutions
+        # (with bias) read that padding: a clip shorter than one chunk came out differently alone than beside a
+        # longer clip (last frame off by ~1e-2). A one-chunk silent clip in every batch makes each clip's
+        # embeddings the same whatever it is batched with.
+        chunk_samples = 2 * self.thinker_config.audio_config.n_window * self.processor.feature_extractor.hop_length
+        return super().encode_batch(model, [*waves, np.zeros(chunk_samples, dtype=np.float32)])[: len(waves)]
 
     def tokens_for_frames(self, frames: int) -> int:
         # three stride-2 convolutions per 100-frame chunk (13 embeddings per full chunk): Qwen3OmniMoeProcessor's count

@@ -31,6 +31,7 @@ class OmniTokens:
 
 ROUTER_STD = 1.0
 AUDIO_CONV_GAIN = 5.0
+AUDIO_OUT_GAIN = 10.0
 
 QWEN2_5_OMNI_TOKENS = OmniTokens(
     "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"
@@ -191,6 +192,11 @@ def build_tiny_omni(out_dir: str, family: str = "qwen2_5_omni", seed: int = 0, s
                 # random tower barely tells a 300 Hz tone from a 1 kHz one (mean embeddings: nearest-centroid
                 # accuracy 0.5 on the pitch set); with this gain it is 1.0, like the tiny Qwen2-Audio's.
                 param.mul_(AUDIO_CONV_GAIN)
+            if name == "audio_tower.proj2.weight":
+                # Qwen3's tower ends in two projections; at the default init its embeddings (std ~0.01) sit below
+                # the text embeddings' (0.02) and barely move the residual stream. This puts them near 0.1, where
+                # the other tiny families' audio embeddings are.
+                param.mul_(AUDIO_OUT_GAIN)
             if name.endswith("mlp.gate.weight"):
                 # A decisive router. At the default init the top-2 of 4 experts are often separated by ~1e-6, so
                 # float noise between two correct implementations (vLLM vs transformers, padded vs not) flips

@@ -168,6 +168,13 @@ def serve(args: argparse.Namespace) -> None:
     from audiorl.model import load_audio_lm
 
     lm = load_audio_lm(args.model, load_model=False)
+    if not lm.vllm_loadable:
+        from audiorl.common.errors import ConfigError
+
+        raise ConfigError(
+            f"--model '{args.model}': vLLM cannot load this layout ({lm.family} saved on its own); "
+            "re-save it with audiorl (any trained run's merged/ directory, or AudioLM.save_pretrained)"
+        )
     worker = VLLMWorker(
         args.model,
         dtype=checkpoint_dtype(args.model) if args.dtype == "auto" else args.dtype,

@@ -100,8 +100,12 @@ def test_omni_forward_equals_the_thinkers_own_forward(omni_lm):
     wave = tone(2.5, 300.0)
     processed = omni_lm.processor(text=[omni_lm.render(MESSAGES)], audio=[wave], return_tensors="pt")
     ids = processed["input_ids"]
+    # The thinker reads the log-mels audiorl computes (the 30 s window, as vLLM here: its prompt log-probs agree
+    # within 1e-5, test_omni_vllm.py). Qwen3-Omni's own processor takes them on the unpadded clip, which moves the
+    # last frames' embeddings by ~5e-3: a feature choice, not this hook.
+    features, frame_mask = omni_lm.features([wave])
     with torch.no_grad():
-        reference = omni_lm.model(**processed).logits
+        reference = omni_lm.model(input_ids=ids, input_features=features, feature_attention_mask=frame_mask).logits
         inputs = omni_lm.forward_inputs(omni_lm.model, ids, torch.ones_like(ids), omni_lm.encode(omni_lm.model, [wave]))
         assert inputs["position_ids"].shape == (3, 1, ids.shape[1])
         ours = omni_lm.output_head(omni_lm.model)(omni_lm.language_model(omni_lm.model)(**inputs).last_hidden_state)

@@ -207,8 +207,71 @@ def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
                 raise ConfigError(f"override '{item}': no stage named '{parts[1]}'{nearest(parts[1], names)}; stages: {', '.join(names) or '(none)'}")
             parts[1] = str(names[parts[1]])
             key = ".".join(parts)
-        value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
-        OmegaConf.update(config, key, value, merge=True)
+        _check_override_path(config, key.split("."), item)
+        try:
+            value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML: {str(exc).splitlines()[0]}") from None
+        try:
+            OmegaConf.update(config, key, value, merge=True)
+        except OmegaConfBaseException:
+            raise  # explained by the caller, which names the key and the nearest valid one
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # OmegaConf's own raw errors
+            raise ConfigError(f"override '{item}': cannot set '{key}': {exc}") from None
+
+
+def _check_override_path(config: DictConfig, parts: list[str], item: str) -> None:
+    """Walk ``parts`` through the merged recipe: list items by a valid index, nothing through a null or a scalar.
+
+    OmegaConf would otherwise answer ``rewards.5.weight`` with a type error about RewardSpec,
+    ``rewards.-5`` with a Python negative index, and ``rewards.x`` with a raw traceback.
+    """
+    node: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if not part:
+            raise ConfigError(f"override '{item}': empty key part in '{'.'.join(parts)}'")
+        if isinstance(node, ListConfig):
+            size = len(node)
+            if not re.fullmatch(r"-?\d+", part):
+                raise ConfigError(f"override '{item}': '{here}': a list takes an index 0-{size - 1}, not '{part}'")
+            index = int(part)
+            if not 0 <= index < size:
+                where = f"indices 0-{size - 1}" if size else "no entries"
+                raise ConfigError(
+                    f"override '{item}': '{here}' is out of range: '{'.'.join(parts[:depth])}' has {where} "
+                    f"(to add an entry, set the whole list: {'.'.join(parts[:depth])}=[...])"
+                )
+            node = node[index]
+        elif isinstance(node, DictConfig):
+            if part not in node:
+                if re.fullmatch(r"-?\d+", parts[depth + 1]):  # OmegaConf would make a dict keyed by the index
+                    raise ConfigError(
+                        f"override '{item}': '{here}' is not set, so it has no entry {parts[depth + 1]}: "
+                        f"set '{here}' as a whole (e.g. {here}=[...])"
+                    )
+                return  # an unknown key: OmegaConf names it and the nearest valid one
+            node = node._get_node(part)
+            if node is None or node._is_none():
+                raise ConfigError(
+                    f"override '{item}': '{here}' is null, so it has no '{parts[depth + 1]}': "
+                    f"set '{here}' as a whole (e.g. {here}=[...] or {here}={{...}})"
+                )
+            if not isinstance(node, (DictConfig, ListConfig)):
+                raise ConfigError(f"override '{item}': '{here}' is a single value, so it has no '{parts[depth + 1]}'")
+        else:
+            return
+
+
+def _check_reward_entries(entries: Any, source: str, prefix: str) -> None:
+    """Type each reward entry alone: a merged list reports a typo without its ``rewards.N.`` path."""
+    if not isinstance(entries, ListConfig):
+        return
+    for j, entry in enumerate(entries):
+        try:
+            OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, source, RewardSpec, prefix=f"{prefix}{j}.") from None
 
 
 def recipe_kind(path: str) -> str:
@@ -231,6 +294,8 @@ def load_config(schema: type, path: str | None = None, overrides: list[str] | No
             loaded = OmegaConf.load(path)
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+            if schema is RecipeConfig:
+                _check_reward_entries(loaded.get("rewards"), path, "rewards.")
             merged = OmegaConf.merge(merged, loaded)
         if overrides:
             source = f"{source} + overrides"
@@ -280,6 +345,8 @@ def typed_stage(raw: Any, index: int, source: str) -> Any:
         stage = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
         raise _explain(exc, source, schema, prefix=f"stages.{index}.") from None
+    except (TypeError, ValueError) as exc:  # e.g. a mapping where the schema has a list
+        raise ConfigError(f"{source}: 'stages.{index}': {exc}") from None
     stage.name = stage.name or stage.algorithm
     return stage
 
@@ -405,9 +472,15 @@ def _validate_rewards(specs: list[RewardSpec], key: str) -> None:
         return
     from audiorl.rewards import RewardSet
 
+    for j, spec in enumerate(specs):  # one by one, so that an error names its entry: rewards.1.kwargs
+        try:
+            RewardSet([spec])
+        except Exception as exc:  # registry errors name the reward and the registered ones
+            where = f"{key}.{j}.kwargs" if "(given in its kwargs)" in str(exc) else f"{key}.{j}"
+            raise ConfigError(f"{where}: {exc}") from None
     try:
-        RewardSet(specs)
-    except Exception as exc:  # registry errors name the reward and the registered ones
+        RewardSet(specs)  # what only the whole list can break: two rewards logged under one name
+    except Exception as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
 

@@ -170,3 +170,43 @@ def test_cli_lists_the_rewards(capsys):
     out = capsys.readouterr().out
     for name in ("asr_correctness", "paralinguistic_accuracy", "mcq_accuracy", "preference_model", "llm_judge"):
         assert name in out
+
+
+# --------------------------------------------------------- reward options and override paths
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        # a typo in a built-in's option is refused (it used to fall into **_ and leave the default in place)
+        (["rewards=[{name: think_length, kwargs: {max_lenght: 5}}]"],
+         r"'?rewards.0.kwargs'?: reward 'think_length' has no parameter 'max_lenght' \(did you mean 'max_length'\?\).*its options: max_length, unit"),
+        (["stages.grpo.rewards=[{name: cot_format}, {name: think_length, kwargs: {unitt: chars}}]"],
+         r"stages.1.rewards.1.kwargs: reward 'think_length' has no parameter 'unitt' \(did you mean 'unit'\?\)"),
+        (["rewards.0.kwargs={completions: [x]}"], r"rewards.0: reward 'label_accuracy': 'completions' cannot be given in kwargs"),
+        (["rewards.1.kwargs={anything: 1}"], r"rewards.1.kwargs: reward 'cot_format' has no parameter 'anything'.*it takes no options"),
+        # list indices in override paths
+        (["rewards.5.weight=2"], r"'rewards.5' is out of range: 'rewards' has indices 0-1"),
+        (["rewards.-5.weight=2"], r"'rewards.-5' is out of range: 'rewards' has indices 0-1"),
+        (["rewards.-1.weight=2"], r"'rewards.-1' is out of range"),
+        (["rewards.x.weight=2"], r"'rewards.x': a list takes an index 0-1, not 'x'"),
+        (["stages.7.max_steps=2"], r"'stages.7' is out of range: 'stages' has indices 0-1"),
+        (["stages.grpo.rewards.0.weight=2"], r"'stages.1.rewards' is not set, so it has no entry 0"),
+        (["rewards.0.weight.x=2"], r"'rewards.0.weight' is a single value, so it has no 'x'"),
+        (["data.synthesize=null", "data.synthesize.task=pitch"], r"'data.synthesize' is null, so it has no 'task'"),
+        (["rewards..weight=2"], r"empty key part"),
+    ],
+)
+def test_reward_options_and_override_paths_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(QUICKSTART, overrides)
+
+
+def test_stage_rewards_by_name_and_option_values_still_apply():
+    config = load_recipe(QUICKSTART, ["stages.grpo.rewards=[{name: think_length, kwargs: {max_length: 5}}]", "stages.grpo.rewards.0.weight=0.5"])
+    assert config.stages[1].rewards[0].weight == 0.5 and config.stages[1].rewards[0].kwargs == {"max_length": 5}
+
+
+def test_typo_in_a_yaml_reward_entry_names_its_path(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(open(QUICKSTART).read().replace("  - name: cot_format ", "  - wieght: 2\n    name: cot_format "))
+    with pytest.raises(ConfigError, match=r"unknown key 'rewards.1.wieght' \(did you mean 'weight'\?\); valid keys here: name, weight"):
+        load_recipe(str(path))

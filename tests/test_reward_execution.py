@@ -213,5 +213,5 @@ def test_recipe_reward_options_round_trip(tmp_path):
     options = {"on_error": "skip", "timeout_s": 5, "workers": 2, "batch_size": 4}
     r = load_recipe(write_recipe(tmp_path, [{"name": "cot_format", **options}])).rewards[0]
     assert (r.on_error, r.timeout_s, r.workers, r.batch_size) == ("skip", 5.0, 2, 4)
-    with pytest.raises(ConfigError, match=r"rewards: reward 'cot_format': on_error is 'nope'"):
+    with pytest.raises(ConfigError, match=r"rewards.0: reward 'cot_format': on_error is 'nope'"):
         load_recipe(write_recipe(tmp_path, [{"name": "cot_format", "on_error": "nope"}]))

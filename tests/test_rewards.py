@@ -230,3 +230,23 @@ def test_very_long_completion():
     text = "<think>" + "word " * 100_000 + "</think><answer>high</answer>"
     assert label_accuracy([text], ["high"]) == [1.0]
     assert think_length([text], max_length=256) == [0.0]
+
+
+def test_reward_options_are_checked_against_named_parameters_and_declarations():
+    """``**_`` takes dataset columns, not options: an option must be a named parameter or declared."""
+    with pytest.raises(ConfigError, match=r"reward 'think_length' has no parameter 'max_lenght' \(did you mean 'max_length'\?\)"):
+        RewardSet([spec("think_length", max_lenght=5)])
+    with pytest.raises(ConfigError, match=r"length_penalty' has no parameter 'scale'.*it takes no options"):
+        RewardSet([spec("tests.reward_plugins:length_penalty", scale=2)])
+    for name in ("paralinguistic_accuracy", "asr_correctness", "llm_judge", "audiorl.rewards.judge:llm_judge"):
+        with pytest.raises(ConfigError, match=r"has no (constructor )?parameter 'bogus'"):
+            RewardSet([spec(name, bogus=1)])
+    RewardSet([spec("audiorl.rewards.judge:llm_judge", rubric="dialogue")])  # declared: reward_options
+
+    @reward("test_declared_options", options=("scale",))
+    def declared(completions, **options):
+        return [float(options.get("scale", 1))] * len(completions)
+
+    assert RewardSet([spec("test_declared_options", scale=3)]).score(["a"]).total.tolist() == [3.0]
+    with pytest.raises(ConfigError, match=r"has no parameter 'scal' \(did you mean 'scale'\?\)"):
+        RewardSet([spec("test_declared_options", scal=3)])

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from audiorl.common.errors import ConfigError
 from audiorl.data.audio import SAMPLE_RATE, resample, save_audio
 
 PITCH_PROMPTS = [
@@ -202,6 +203,9 @@ def make_dataset(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
+    for name, n in (("n_train", n_train), ("n_eval", n_eval)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # an empty file would fail only when it is read
+            raise ConfigError(f"make_dataset: {name} must be a positive number of rows, got {n!r}")
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 1_000_003)):

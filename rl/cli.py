@@ -40,6 +40,16 @@ def resolve_recipe(name: str) -> str:
 KIND_NAMES = {"rl": "an RL (stages: sft, grpo, ppo, dpo)", "reward_model": "a reward-model"}
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiorl", description="RL post-training for audio language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--task", choices=["pitch", "speech"], default="pitch")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=256)
-    p.add_argument("--n-eval", type=int, default=64)
+    p.add_argument("--n-train", type=_positive_int, default=256, help="training rows (default 256)")
+    p.add_argument("--n-eval", type=_positive_int, default=64, help="held-out rows (default 64)")
     p.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("rewards", help="list the rewards a recipe can name")

@@ -7,8 +7,10 @@ Errors name the key path; an unknown key also names the nearest valid one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -134,6 +136,9 @@ CHOICES = {
     "rollout.vllm.mode": ("colocate", "server"),
     "rollout.vllm.weight_transport": ("auto", "http", "gloo", "nccl"),
 }
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:0")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # Keys of earlier recipe formats -> where the setting lives now.
 MOVED = {
@@ -380,10 +385,18 @@ def validate(config: RecipeConfig) -> None:
 
     Each stage is checked by its algorithm's own ``validate`` (rl/stage_config.py).
     """
+    _check_finite(config, "")
     for key, choices in CHOICES.items():
         value = _get(config, key)
         if value is not None and value not in choices:
             raise ConfigError(f"'{key}' is '{value}'{nearest(str(value), choices)}; choose one of: {', '.join(choices)}")
+    if not DEVICE_RE.fullmatch(config.model.device):
+        raise ConfigError(
+            f"'model.device' is '{config.model.device}'{nearest(config.model.device, DEVICES)}; "
+            "choose one of: auto, cpu, cuda, cuda:N (a GPU index)"
+        )
+    _check_ranges(config)
+    _check_output_dir(config.output_dir)
 
     positive = {
         "rollout.max_new_tokens": config.rollout.max_new_tokens,
@@ -447,6 +460,76 @@ def validate(config: RecipeConfig) -> None:
             raise ConfigError(f"'data.{key}': '{path}' must be .jsonl, .json, .parquet or .csv")
         if config.data.synthesize is None and not os.path.isfile(path):
             missing_input(f"'data.{key}': '{path}' does not exist")
+
+
+def _check_finite(node: Any, path: str) -> None:
+    """No NaN or infinity anywhere in the recipe: ``lr: .nan`` passes every ``<= 0`` test and trains on NaN.
+
+    Reward ``kwargs`` (the only mappings) are the reward's own to check: an infinite limit may mean "none".
+    """
+    def child(name: object) -> str:
+        return f"{path}.{name}" if path else str(name)
+
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), child(f.name))
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _check_finite(item, child(i))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"'{path}' is {node}: it must be a finite number")
+
+
+def _check_ranges(config: RecipeConfig) -> None:
+    """Bounds of the numbers outside the stages (each stage checks its own in rl/stage_config.py)."""
+    non_negative = {
+        "rollout.top_k": config.rollout.top_k,  # 0: no top-k filtering
+        "model.audio_cache_mb": config.model.audio_cache_mb,
+        "rollout.vllm.weight_transport_port": config.rollout.vllm.weight_transport_port,
+        "lora.dropout": config.lora.dropout,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"'{key}' must be >= 0, got {value}")
+    positive_or_null = {
+        "eval.max_new_tokens": config.eval.max_new_tokens,
+        "data.max_train_samples": config.data.max_train_samples,
+        "data.max_eval_samples": config.data.max_eval_samples,
+        "threads": config.threads,
+        "rollout.vllm.kv_cache_mb": config.rollout.vllm.kv_cache_mb,
+    }
+    for key, value in positive_or_null.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"'{key}' must be positive (or null for the default), got {value}")
+    if config.lora.alpha <= 0:
+        raise ConfigError(f"'lora.alpha' must be positive (the adapter's scale is alpha / r), got {config.lora.alpha}")
+    if not config.lora.dropout < 1:
+        raise ConfigError(f"'lora.dropout' must be in [0, 1), got {config.lora.dropout}")
+    if config.rollout.vllm.max_audio_per_prompt <= 0:
+        raise ConfigError(f"'rollout.vllm.max_audio_per_prompt' must be positive, got {config.rollout.vllm.max_audio_per_prompt}")
+    if not 0 < config.rollout.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"'rollout.vllm.gpu_memory_utilization' must be in (0, 1], got {config.rollout.vllm.gpu_memory_utilization}")
+    if config.rollout.vllm.weight_transport_port > 65535:
+        raise ConfigError(f"'rollout.vllm.weight_transport_port' must be a port (0-65535), got {config.rollout.vllm.weight_transport_port}")
+
+
+def _check_output_dir(path: str) -> None:
+    """``output_dir`` can be created and written, found before a model loads rather than at the first save."""
+    if not path or not str(path).strip():
+        raise ConfigError("'output_dir' is empty")
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"'output_dir': '{path}' exists and is not a directory")
+    existing = full
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"'output_dir': '{path}' cannot be created: '{existing}' is a file")
+    try:  # a probe, not os.access: root passes every permission bit, yet a read-only mount refuses it
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        missing_input(f"'output_dir': '{path}' is not writable here ('{existing}': {exc.strerror or exc})")
 
 
 def _validate_stages(config: RecipeConfig) -> None:

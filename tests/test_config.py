@@ -210,3 +210,51 @@ def test_typo_in_a_yaml_reward_entry_names_its_path(tmp_path):
     path.write_text(open(QUICKSTART).read().replace("  - name: cot_format ", "  - wieght: 2\n    name: cot_format "))
     with pytest.raises(ConfigError, match=r"unknown key 'rewards.1.wieght' \(did you mean 'weight'\?\); valid keys here: name, weight"):
         load_recipe(str(path))
+
+
+# ----------------------------------------------------------------- ranges and choices
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["rollout.top_k=-1"], r"'rollout.top_k' must be >= 0, got -1"),
+        (["lora.alpha=0"], r"'lora.alpha' must be positive"),
+        (["lora.dropout=1.0"], r"'lora.dropout' must be in \[0, 1\)"),
+        (["model.device=tpu"], r"'model.device' is 'tpu' \(did you mean 'cpu'\?\); choose one of: auto, cpu, cuda, cuda:N"),
+        (["model.device=cuda:x"], r"'model.device' is 'cuda:x'"),
+        (["stages.grpo.learning_rate=.nan"], r"'stages.1.learning_rate' is nan: it must be a finite number"),
+        (["stages.grpo.epsilon=-0.2"], r"'stages.1.epsilon' must be positive"),
+        (["stages.grpo.warmup_steps=-2"], r"'stages.1.warmup_steps' must be >= 0, got -2"),
+        (["rewards.0.weight=.inf"], r"'rewards.0.weight' is inf"),
+        (["rewards.0.weight=1e9"], r"rewards.0: reward 'label_accuracy': weight 1e\+09 must be a finite number within"),
+        (["eval.max_new_tokens=0"], r"'eval.max_new_tokens' must be positive \(or null"),
+        (["data.max_train_samples=-3"], r"'data.max_train_samples' must be positive"),
+        (["rollout.vllm.gpu_memory_utilization=1.5"], r"'rollout.vllm.gpu_memory_utilization' must be in \(0, 1\]"),
+        (["output_dir=/etc/hostname"], r"'output_dir': '/etc/hostname' exists and is not a directory"),
+        (["output_dir=/etc/hostname/run"], r"'output_dir': '/etc/hostname/run' cannot be created: '/etc/hostname' is a file"),
+        (["output_dir=/proc/audiorl_test/run"], r"'output_dir': '/proc/audiorl_test/run' is not writable here"),
+    ],
+)
+def test_numbers_and_choices_are_checked_before_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(QUICKSTART, overrides)
+
+
+def test_validate_lists_an_unwritable_output_dir_and_train_stops_on_it(capsys):
+    from audiorl.rl.cli import main
+
+    assert main(["validate", QUICKSTART, "output_dir=/proc/audiorl_test/run"]) == 0
+    assert "not on this machine (`audiorl train` stops on it): 'output_dir': '/proc/audiorl_test/run' is not writable" in capsys.readouterr().out
+    assert main(["train", QUICKSTART, "output_dir=/proc/audiorl_test/run"]) == 2
+    assert "is not writable here" in capsys.readouterr().err
+
+
+def test_make_data_refuses_empty_splits(tmp_path, capsys):
+    from audiorl.data.synth import make_dataset
+    from audiorl.rl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["make-data", str(tmp_path / "d"), "--n-train", "0"])
+    assert "--n-train: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"n_eval must be a positive number of rows, got 0"):
+        make_dataset(str(tmp_path / "d"), n_train=2, n_eval=0)
+    assert not (tmp_path / "d").exists()

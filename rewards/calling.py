@@ -19,7 +19,7 @@ import math
 import multiprocessing
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,10 @@ from audiorl.rewards.registry import ON_REQUEST_ARGS, RewardFn, call_signature, 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "zero", "skip")
+# The largest reward value accepted. With weights within +-1e6 (aggregate.MAX_WEIGHT) a weighted sum
+# stays below ~1e15, whose square (in a group's variance) is far inside float32's range (3.4e38);
+# 1e39 used to pass the finite check and overflow there.
+MAX_REWARD = 1e9
 EXECUTION_OPTIONS = ("on_error", "timeout_s", "workers", "batch_size")  # per-reward settings in a recipe
 
 
@@ -229,10 +233,19 @@ class BoundReward:
         return values, len(failures)
 
     def _check(self, out: Any, rows: slice, completions) -> list[float]:
-        """One finite float (or NaN for None) per sample of ``rows``; anything else names the reward and the sample."""
+        """One finite float within +-MAX_REWARD (or NaN for None) per sample of ``rows``; anything else names
+        the reward and the sample."""
         n = rows.stop - rows.start
-        if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-            raise RewardError(f"reward '{self.name}' returned {type(out).__name__}; it must return a list of {n} numbers")
+        # A mapping or set has a length too, but no order: {i: score} would give its keys as the rewards.
+        if out is None or isinstance(out, (str, bytes, Mapping, Set)) or not hasattr(out, "__len__") or not hasattr(out, "__iter__"):
+            raise RewardError(
+                f"reward '{self.name}' returned {type(out).__name__}; it must return a list of {n} numbers "
+                "(one per completion, in order)"
+            )
+        if getattr(out, "ndim", 1) != 1:  # an array or tensor
+            raise RewardError(
+                f"reward '{self.name}' returned an array of shape {tuple(out.shape)}; it must be a flat list of {n} numbers"
+            )
         out = list(out)
         if len(out) != n:
             raise RewardError(f"reward '{self.name}' returned {len(out)} values for {n} completions")
@@ -242,8 +255,10 @@ class BoundReward:
                 result.append(math.nan)
                 continue
             try:
+                if isinstance(v, (str, bytes)):  # float("1.5") would pass: text is not a score
+                    raise TypeError
                 f = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise RewardError(
                     f"reward '{self.name}' returned {v!r} for sample {i} (completion {_snippet(completions[i])!r}); "
                     "rewards must be numbers or None"
@@ -252,6 +267,12 @@ class BoundReward:
                 raise RewardError(
                     f"reward '{self.name}' returned {f} for sample {i} (completion {_snippet(completions[i])!r}); "
                     "return None for 'not applicable' instead of NaN/inf"
+                )
+            if abs(f) > MAX_REWARD:
+                raise RewardError(
+                    f"reward '{self.name}' returned {f:g} for sample {i} (completion {_snippet(completions[i])!r}); "
+                    f"rewards must lie within +-{MAX_REWARD:g} (beyond, float32 group statistics overflow and the "
+                    "policy silently stops learning): scale it down"
                 )
             result.append(f)
         return result

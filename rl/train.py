@@ -79,10 +79,13 @@ def prepare_inputs(config: RecipeConfig) -> None:
 
 
 def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
-    from audiorl.data.dataset import load_examples
+    from audiorl.data.dataset import load_examples, model_window_seconds
 
     d = config.data
-    common = dict(audio_column=d.audio_column, prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio)
+    common = dict(
+        audio_column=d.audio_column, prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
+        max_audio_seconds=model_window_seconds(config.model.path),  # a longer clip is a bad row now, not at step N
+    )
     train_rows = load_examples(d.train, max_samples=d.max_train_samples, **common)
     eval_rows = load_examples(d.eval, max_samples=d.max_eval_samples, **common) if d.eval else []
     return train_rows, eval_rows

@@ -131,3 +131,21 @@ def answer_matches_measured_pitch(completions, waveforms, sampling_rate):
         measured = "high" if f0 > 600 else "low"
         scores.append(1.0 if completion.strip().lower().endswith(measured) else 0.0)
     return scores
+
+
+def hangs(completions, **_):
+    import time
+
+    time.sleep(3600)
+
+
+class SlowToStart:
+    """Constructed slowly (a model load, say): start-up must not count against a call's timeout."""
+
+    def __init__(self, delay: float = 3.0):
+        import time
+
+        time.sleep(delay)
+
+    def __call__(self, completions):
+        return [1.0] * len(completions)

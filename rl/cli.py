@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML path or bundled recipe name")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=10")
+        if name == "train":
+            p.add_argument(
+                "--overwrite", action="store_true",
+                help="replace the outputs of an earlier run in output_dir (without it, a used output_dir is refused)",
+            )
     p = sub.add_parser("make-tiny", help="write a tiny random Qwen2-Audio (model, tokenizer, processor)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
@@ -97,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         from audiorl.rl.config import recipe_kind
 
         path = resolve_recipe(args.recipe)
+        if getattr(args, "overwrite", False):
+            args.overrides = [*args.overrides, "overwrite=true"]
         kind = recipe_kind(path)
         wanted = {"train": "rl", "train-rm": "reward_model"}.get(args.command, kind)
         if kind != wanted:

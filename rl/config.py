@@ -124,6 +124,8 @@ class RecipeConfig:
     stages: list[Any] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: Optional[int] = None  # torch CPU threads (default: torch's choice)
+    # replace the outputs of an earlier run in output_dir (else a run refuses a used output_dir); also `train --overwrite`
+    overwrite: bool = False
 
     def enabled_stages(self) -> list[Any]:
         return [s for s in self.stages if s.enabled]

@@ -60,10 +60,17 @@ def prepare_inputs(config: RecipeConfig) -> None:
             config.model.path, lambda out: build_tiny_qwen2_audio(out, seed=config.model.tiny_seed), "the tiny Qwen2-Audio"
         )
     synth = config.data.synthesize
-    if synth is not None and not os.path.isfile(config.data.train):
-        from audiorl.data.synth import make_dataset
+    if synth is not None:
+        from audiorl.data.synth import make_dataset, synthesis_incomplete
 
         out_dir = os.path.dirname(os.path.abspath(config.data.train))
+        wanted = [config.data.train, config.data.eval] + [
+            s.pairs for s in config.stages if getattr(s, "source", None) == "offline" and synth.pairs_template
+        ]
+        if synthesis_incomplete(out_dir) is None and all(p is None or os.path.isfile(p) for p in wanted):
+            return
+        if os.path.isfile(config.data.train):  # killed while writing, or a split missing: written again
+            log.warning("the data set in %s is incomplete (an interrupted synthesis): writing it again", out_dir)
         log.info("synthesising the embedded '%s' data set in %s", synth.task, out_dir)
         paths = make_dataset(
             out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval, pairs_template=synth.pairs_template,
@@ -120,8 +127,12 @@ class RLRecipe:
         from audiorl.rl.prompts import PromptEncoder
         from audiorl.rollouts import build_rollout_engine
 
+        from audiorl.rl import run_dir
+
         cfg = self.config
         self.started = time.perf_counter()
+        inputs = [cfg.model.path, cfg.data.train, cfg.data.eval, *(getattr(s, "pairs", None) for s in cfg.stages)]
+        self.run_id = run_dir.claim(cfg.output_dir, cfg.overwrite, keep=inputs)  # before anything loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.seed_everything()
@@ -151,6 +162,7 @@ class RLRecipe:
         self.metrics = MetricsLog(cfg.output_dir)
         self.base_dir = os.path.abspath(cfg.model.path)  # the checkpoint the current LoRA adapter is trained on
         with open(os.path.join(cfg.output_dir, "recipe.yaml"), "w") as f:
+            f.write(f"# run_id: {self.run_id} (audiorl train; run.json and summary.json carry the same id)\n")
             f.write(to_yaml(cfg))
 
     def seed_everything(self) -> None:
@@ -315,7 +327,10 @@ class RLRecipe:
         """Merge the stage's adapter and save its weights: the next stage starts (and its adapter sits) on them."""
         from audiorl.common.io import atomic_dir
 
+        from audiorl.rl import run_dir
+
         self.merge_lora()
+        run_dir.update(self.config.output_dir, stage_dirs=f"{stage.name}_model")  # an output of this run (overwrite removes it)
         self.base_dir = os.path.join(os.path.abspath(self.config.output_dir), f"{stage.name}_model")
         with atomic_dir(self.base_dir) as tmp:
             self.lm.save_pretrained(self.lm.model, tmp)
@@ -374,6 +389,7 @@ class RLRecipe:
         extra = {f"sampled reward {name} (first/last 10 steps)": (v["sampled_reward_first10"], v["sampled_reward_last10"]) for name, v in stages.items()}
         table = before_after_table(before, after, extra or None)
         summary = {
+            "run_id": self.run_id,
             "before": before,
             "after": after,
             "evals": self.evals,
@@ -387,6 +403,9 @@ class RLRecipe:
         }
         with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        from audiorl.rl import run_dir
+
+        run_dir.update(cfg.output_dir, status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         print("\n" + table)
         print(f"\ntotal {self.timings['total_s']:.0f} s; outputs in {os.path.abspath(cfg.output_dir)}")
         return summary

@@ -574,3 +574,71 @@ def stage_rewards(config: RecipeConfig, stage: Any) -> list[RewardSpec]:
     if not stage_uses_rewards(stage):
         return []
     return list(stage.rewards if stage.rewards is not None else config.rewards)
+
+
+# ------------------------------------------------------------------- listing
+def _field_comments(cls: type) -> dict[str, str]:
+    """``name: type = default  # comment`` lines of a dataclass's source: the comment is the key's documentation."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            match = re.match(r"(\w+)\s*:[^#]*?(?:#\s*(.*))?$", stripped)
+            if match and not stripped.startswith(("def ", "class ", "@")):
+                text = " ".join([*above, match.group(2) or ""]).strip()
+                if text:
+                    comments[match.group(1)] = text
+            above = []
+    return comments
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return ""
+    if value is MISSING or value == "???":
+        return "(required)"
+    return "null" if value is None else repr(value)
+
+
+def list_keys() -> list[str]:
+    """Every recipe key with its default and documentation: the recipe schema, each stage algorithm's, a reward entry's."""
+    out: list[str] = []
+
+    def walk(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> None:
+        comments = _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            key = prefix + f.name
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            if dataclasses.is_dataclass(default):
+                walk(type(default), key + ".")
+                continue
+            out.append(f"{key:44s} {_default_text(f):18s} {comments.get(f.name, '')}".rstrip())
+
+    walk(RecipeConfig, "", skip=("stages", "rewards"))
+    walk(SynthConfig, "data.synthesize.")
+    out.append("")
+    out.append("rewards.N.* (and stages.N.rewards.N.*): one reward each (`audiorl rewards` lists the names)")
+    walk(RewardSpec, "rewards.N.")
+    for name in ALGORITHMS.names():
+        out.append("")
+        out.append(f"stages.N.* with algorithm: {name} (stages.<name>.key=value in overrides)")
+        walk(ALGORITHMS.get(name).config, "stages.N.")
+    return out

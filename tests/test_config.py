@@ -258,3 +258,37 @@ def test_make_data_refuses_empty_splits(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"n_eval must be a positive number of rows, got 0"):
         make_dataset(str(tmp_path / "d"), n_train=2, n_eval=0)
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_help_explains_the_commands_and_lists_every_key(capsys):
+    from audiorl.rl.cli import main
+
+    for command in ("train", "validate", "train-rm", "make-tiny", "make-data"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--list-keys" in out or command in ("make-tiny", "make-data"), command
+        if command in ("make-tiny", "make-data"):
+            assert "directory to write" in out and "seed of the" in out
+    assert main(["validate", "--list-keys"]) == 0
+    keys = capsys.readouterr().out
+    for key in ("model.device", "rollout.top_k", "overwrite", "rewards.N.on_error", "stages.N.epsilon", "stages.N.critic.value_clip"):
+        assert f"\n{key} " in f"\n{keys}", key
+    assert "auto (cuda if available) | cpu | cuda | cuda:N" in keys  # the schema's comments are the documentation
+    assert main(["validate"]) == 2
+    assert "needs a recipe" in capsys.readouterr().err
+    assert main(["rewards"]) == 0
+    assert "options (kwargs): max_length, unit" in capsys.readouterr().out
+
+
+def test_trls_vllm_version_warning_is_silenced():
+    import warnings
+
+    from audiorl.rl.cli import quiet_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_warnings()
+        warnings.warn("TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have version 0.32.0 installed.", UserWarning)
+        warnings.warn("an unrelated warning", UserWarning)
+    assert [str(w.message) for w in caught] == ["an unrelated warning"]

@@ -217,8 +217,9 @@ def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
         _check_override_path(config, key.split("."), item)
         try:
             value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"override '{item}': the value is not valid YAML: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - yaml's own errors, OmegaConf's
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"override '{item}': the value '{raw}' is not valid YAML: {reason}") from None
         try:
             OmegaConf.update(config, key, value, merge=True)
         except OmegaConfBaseException:
@@ -388,6 +389,7 @@ def validate(config: RecipeConfig) -> None:
     Each stage is checked by its algorithm's own ``validate`` (rl/stage_config.py).
     """
     _check_finite(config, "")
+    _check_text_lists(config, "")
     for key, choices in CHOICES.items():
         value = _get(config, key)
         if value is not None and value not in choices:
@@ -480,6 +482,27 @@ def _check_finite(node: Any, path: str) -> None:
             _check_finite(item, child(i))
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"'{path}' is {node}: it must be a finite number")
+
+
+def _check_text_lists(node: Any, path: str) -> None:
+    """Entries of ``list[str]`` fields are text: OmegaConf lets ``[{}]`` through into ``list[str]``."""
+    import typing
+
+    if not dataclasses.is_dataclass(node):
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                _check_text_lists(item, f"{path}.{i}")
+        return
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        key = f"{path}.{f.name}" if path else f.name
+        value = getattr(node, f.name)
+        if hints.get(f.name) in (list[str], Optional[list[str]]) and value is not None:
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise ConfigError(f"'{key}.{i}' must be text, got {type(item).__name__} {item!r:.40}")
+        else:
+            _check_text_lists(value, key)
 
 
 def _check_ranges(config: RecipeConfig) -> None:

@@ -292,3 +292,20 @@ def test_trls_vllm_version_warning_is_silenced():
         warnings.warn("TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have version 0.32.0 installed.", UserWarning)
         warnings.warn("an unrelated warning", UserWarning)
     assert [str(w.message) for w in caught] == ["an unrelated warning"]
+
+
+def test_waiting_for_a_closed_rollout_server_says_what_it_waits_for(caplog, monkeypatch):
+    import logging
+    import socket
+
+    from audiorl.common.errors import RolloutServerError
+    from audiorl.rollouts import remote
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(remote, "WAIT_REPORT_S", 0.5)
+    with caplog.at_level(logging.INFO, logger="audiorl"), pytest.raises(RolloutServerError, match="not ready after 2 s"):
+        remote.ServerClient(f"http://127.0.0.1:{port}", timeout_s=1.0, retries=0).wait_ready(2.0)
+    waits = [r.getMessage() for r in caplog.records if "waiting for the rollout server" in r.getMessage()]
+    assert waits and f"http://127.0.0.1:{port}" in waits[0] and "rollout.vllm.startup_timeout_s" in waits[0]

@@ -172,6 +172,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.recipe}: OK")
             for note in missing:
                 print(f"  not on this machine (`audiorl train` stops on it): {note}")
+            if kind == "rl" and not config.overwrite:
+                from audiorl.rl.run_dir import refusal
+                from audiorl.rl.train import run_inputs
+
+                used = refusal(config.output_dir, run_inputs(config))
+                if used:
+                    print(f"  `audiorl train` would refuse: {used}")
             return 0
         run(config)
         return 0

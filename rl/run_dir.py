@@ -60,6 +60,19 @@ def _outputs_of_earlier_run(output_dir: str, keep: list[str]) -> list[str]:
     return out
 
 
+def refusal(output_dir: str, keep: list[str]) -> str | None:
+    """Why a fresh run into ``output_dir`` would be refused (another run's outputs are there), or None."""
+    earlier = _outputs_of_earlier_run(output_dir, keep) if os.path.isdir(output_dir) else []
+    if not earlier:
+        return None
+    previous = read_run(output_dir).get("run_id")
+    who = f"run {previous}" if previous else "an earlier run"
+    return (
+        f"'output_dir': '{output_dir}' holds the outputs of {who} ({', '.join(earlier)}): choose another "
+        "output_dir, or replace them with overwrite=true (`audiorl train RECIPE --overwrite`)"
+    )
+
+
 def claim(output_dir: str, overwrite: bool, keep: list[str]) -> str:
     """Make ``output_dir`` this run's (refusing one that holds another run's outputs unless ``overwrite``); returns the run id.
 
@@ -70,10 +83,7 @@ def claim(output_dir: str, overwrite: bool, keep: list[str]) -> str:
         previous = read_run(output_dir).get("run_id")
         who = f"run {previous}" if previous else "an earlier run"
         if not overwrite:
-            raise ConfigError(
-                f"'output_dir': '{output_dir}' holds the outputs of {who} ({', '.join(earlier)}): choose another "
-                "output_dir, or replace them with overwrite=true (`audiorl train RECIPE --overwrite`)"
-            )
+            raise ConfigError(refusal(output_dir, keep))
         log.warning("overwrite: removing the outputs of %s in %s: %s", who, output_dir, ", ".join(earlier))
         for name in earlier:
             path = os.path.join(output_dir, name)

@@ -85,6 +85,11 @@ def prepare_inputs(config: RecipeConfig) -> None:
                 raise ConfigError(f"'{key}' must be '{written}' when data.synthesize is set")
 
 
+def run_inputs(config: RecipeConfig) -> list[str]:
+    """What a run reads (never removed by ``overwrite``, even inside output_dir)."""
+    return [config.model.path, config.data.train, config.data.eval, *(getattr(s, "pairs", None) for s in config.stages)]
+
+
 def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
     from audiorl.data.dataset import load_examples, model_window_seconds
 
@@ -131,8 +136,7 @@ class RLRecipe:
 
         cfg = self.config
         self.started = time.perf_counter()
-        inputs = [cfg.model.path, cfg.data.train, cfg.data.eval, *(getattr(s, "pairs", None) for s in cfg.stages)]
-        self.run_id = run_dir.claim(cfg.output_dir, cfg.overwrite, keep=inputs)  # before anything loads
+        self.run_id = run_dir.claim(cfg.output_dir, cfg.overwrite, keep=run_inputs(cfg))  # before anything loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.seed_everything()

@@ -108,3 +108,15 @@ def test_train_refuses_a_used_output_dir_before_anything_loads(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "holds the outputs of run r1" in err and "--overwrite" in err
     assert not (tmp_path / "run" / "tiny_model").exists()  # refused before building anything
+
+
+def test_validate_says_train_would_refuse_a_used_output_dir(tmp_path, capsys):
+    from audiorl.rl.cli import main
+
+    from tests.conftest import QUICKSTART
+
+    _fake_run(tmp_path / "run")
+    assert main(["validate", QUICKSTART, f"output_dir={tmp_path / 'run'}"]) == 0
+    assert "`audiorl train` would refuse: 'output_dir':" in capsys.readouterr().out
+    assert main(["validate", QUICKSTART, f"output_dir={tmp_path / 'run'}", "overwrite=true"]) == 0
+    assert "would refuse" not in capsys.readouterr().out

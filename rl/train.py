@@ -103,6 +103,23 @@ def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
     return train_rows, eval_rows
 
 
+def load_stage_pairs(config: RecipeConfig) -> dict[str, list[dict]]:
+    """The preference pairs of each enabled offline DPO stage, read and checked like the data rows (before load)."""
+    from audiorl.data.dataset import model_window_seconds
+    from audiorl.data.preferences import load_pairs
+
+    d = config.data
+    pairs = {}
+    for stage in config.enabled_stages():
+        if getattr(stage, "source", None) == "offline":
+            pairs[stage.name] = load_pairs(
+                stage.pairs, chosen_column=stage.chosen_column, rejected_column=stage.rejected_column, audio_column=d.audio_column,
+                prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
+                max_audio_seconds=model_window_seconds(config.model.path),
+            )
+    return pairs
+
+
 def _spec_key(specs: list[Any]) -> str:
     return json.dumps([{k: getattr(s, k) for k in vars(s)} for s in specs], sort_keys=True, default=str)
 
@@ -142,6 +159,7 @@ class RLRecipe:
         self.seed_everything()
         prepare_inputs(cfg)
         self.train_rows, self.eval_rows = load_rows(cfg)
+        self.stage_pairs = load_stage_pairs(cfg)  # offline DPO's pairs: checked before the model loads too
         self.store = AudioStore()  # rewards that take waveforms read the clips the trainer decodes
         for stage in cfg.enabled_stages():  # reward columns are checked before the model loads
             rewards = self.reward_set(stage)

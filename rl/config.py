@@ -271,11 +271,35 @@ def _check_override_path(config: DictConfig, parts: list[str], item: str) -> Non
             return
 
 
+def _merge_named(merged: DictConfig, loaded: DictConfig, source: str) -> DictConfig:
+    """``OmegaConf.merge``, whose TypeError/ValueError on a wrong container (a mapping where a list goes) names no key."""
+    try:
+        return OmegaConf.merge(merged, loaded)
+    except (TypeError, ValueError) as exc:
+        for key in loaded:  # find the top-level key that does not fit
+            try:
+                OmegaConf.merge(merged, {key: loaded._get_node(key)})
+            except (TypeError, ValueError, OmegaConfBaseException):
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(f"{source}: '{key}' has the wrong shape ({reason}); see `audiorl validate --list-keys`") from None
+        raise ConfigError(f"{source}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def check_reward_entry(entry: Any, source: str, prefix: str) -> None:
+    """One reward entry: a mapping with a ``name``, its ``kwargs`` a mapping (errors say ``rewards.N.``)."""
+    if not isinstance(entry, (DictConfig, dict)):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping such as {{name: {entry}}}, got {entry!r}")
+    kwargs = entry.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, (DictConfig, dict)):
+        raise ConfigError(f"{source}: '{prefix}kwargs' must be a mapping of option: value, got {kwargs!r}")
+
+
 def _check_reward_entries(entries: Any, source: str, prefix: str) -> None:
     """Type each reward entry alone: a merged list reports a typo without its ``rewards.N.`` path."""
     if not isinstance(entries, ListConfig):
         return
     for j, entry in enumerate(entries):
+        check_reward_entry(entry, source, f"{prefix}{j}.")
         try:
             OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
         except OmegaConfBaseException as exc:
@@ -299,12 +323,18 @@ def load_config(schema: type, path: str | None = None, overrides: list[str] | No
         if path is not None:
             if not os.path.isfile(path):
                 raise ConfigError(f"recipe '{path}' does not exist")
-            loaded = OmegaConf.load(path)
+            try:
+                loaded = OmegaConf.load(path)
+            except OmegaConfBaseException:
+                raise
+            except Exception as exc:  # noqa: BLE001 - yaml's parser errors, a file that is not text
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise ConfigError(f"recipe '{path}' is not valid YAML: {reason}") from None
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"{path}: a recipe must be a mapping of keys")
             if schema is RecipeConfig:
                 _check_reward_entries(loaded.get("rewards"), path, "rewards.")
-            merged = OmegaConf.merge(merged, loaded)
+            merged = _merge_named(merged, loaded, path)
         if overrides:
             source = f"{source} + overrides"
             _apply_overrides(merged, overrides)
@@ -343,6 +373,7 @@ def typed_stage(raw: Any, index: int, source: str) -> Any:
     if isinstance(raw.get("rewards"), list):  # typed one by one, so that an error names its entry
         typed = []
         for j, entry in enumerate(raw["rewards"]):
+            check_reward_entry(entry, source, f"stages.{index}.rewards.{j}.")
             try:
                 typed.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)))
             except OmegaConfBaseException as exc:

@@ -309,3 +309,21 @@ def test_waiting_for_a_closed_rollout_server_says_what_it_waits_for(caplog, monk
         remote.ServerClient(f"http://127.0.0.1:{port}", timeout_s=1.0, retries=0).wait_ready(2.0)
     waits = [r.getMessage() for r in caplog.records if "waiting for the rollout server" in r.getMessage()]
     assert waits and f"http://127.0.0.1:{port}" in waits[0] and "rollout.vllm.startup_timeout_s" in waits[0]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("a: [\n", r"is not valid YAML: while parsing a flow node"),
+        ("output_dir: /tmp/x\nrewards: [label_accuracy]\n", r"'rewards.0' must be a mapping such as \{name: label_accuracy\}"),
+        ("output_dir: /tmp/x\nrewards: [{name: cot_format, kwargs: [1]}]\n", r"'rewards.0.kwargs' must be a mapping of option: value"),
+        ("output_dir: /tmp/x\nstages: {a: 1}\n", r"'stages' has the wrong shape"),
+        ("output_dir: /tmp/x\nmodel: 3\n", r"'model' has the wrong shape"),
+        ("output_dir: /tmp/x\nmodel: {path: /x}\ndata: {train: /x.jsonl}\nstages: [{algorithm: grpo, rewards: [x]}]\n", r"'stages.0.rewards.0' must be a mapping such as \{name: x\}"),
+    ],
+)
+def test_recipe_files_of_the_wrong_shape_are_named(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(str(path))

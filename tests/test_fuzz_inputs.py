@@ -93,3 +93,21 @@ def test_data_files_never_give_a_raw_traceback(content, on_bad_audio, ext):
             assert path in str(exc), str(exc)  # every data error names the file
         else:
             assert examples and all(os.path.isfile(p) for e in examples for p in e["audio"])
+
+
+_TOP = st.sampled_from(["output_dir", "model", "lora", "data", "rollout", "rewards", "stages", "eval", "threads", "seed", "overwrite", "x"])
+_NODE = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text("abkmnprstx_", max_size=6), inner, max_size=3)), max_leaves=8)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_TOP, _NODE, max_size=4), st.booleans())
+def test_recipe_files_never_give_a_raw_traceback(recipe, as_json):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "r.yaml")
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(json.dumps(recipe) if as_json else "\n".join(f"{k}: {_yaml_value(v)}" for k, v in recipe.items()))
+        try:
+            with collect_missing_inputs():
+                load_recipe(path)
+        except AudioRLError as exc:
+            assert str(exc).strip()

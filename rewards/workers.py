@@ -99,6 +99,8 @@ class WorkerPool:
 
         After ``max_timeouts`` tasks have timed out, the tasks not yet started are not run (TIMED_OUT).
         """
+        if not tasks:
+            return []
         self._fill()
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))

@@ -42,7 +42,8 @@ def silence_dataset(src_dir: str, dst_dir: str) -> None:
 
 
 def run(recipe: str, seed: int, out: str, ablate: bool, extra: list[str]) -> dict:
-    overrides = [f"seed={seed}", f"output_dir={out}", *extra]
+    # a re-run of the benchmark replaces its own earlier outputs (a used output_dir is refused otherwise)
+    overrides = [f"seed={seed}", f"output_dir={out}", "overwrite=true", *extra]
     if ablate:
         from audiorl.data.synth import make_dataset
         from audiorl.rl.config import load_recipe

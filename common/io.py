@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,3 +43,33 @@ def build_checkpoint_once(path: str, build: Callable[[str], object], what: str) 
     logging.getLogger("audiorl").info("building %s in %s", what, path)
     with atomic_dir(path) as tmp:
         build(tmp)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)-(\d+)$")  # atomic_dir's siblings: .<name>.tmp-<pid>, .<name>.old-<pid>
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove what an ``atomic_dir`` killed mid-save left in ``folder`` (its process is gone); returns the names."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            removed.append(name)
+    if removed:
+        logging.getLogger("audiorl").info("removed %s left in %s by a killed save", ", ".join(removed), folder)
+    return removed

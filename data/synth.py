@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from audiorl.common.errors import ConfigError
 from audiorl.data.audio import SAMPLE_RATE, resample, save_audio
 
 PITCH_PROMPTS = [
@@ -202,7 +203,13 @@ def make_dataset(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
+    for name, n in (("n_train", n_train), ("n_eval", n_eval)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # an empty file would fail only when it is read
+            raise ConfigError(f"make_dataset: {name} must be a positive number of rows, got {n!r}")
     os.makedirs(out_dir, exist_ok=True)
+    marker = os.path.join(out_dir, INCOMPLETE)
+    with open(marker, "w") as f:  # removed once every file is written: a kill in between leaves it
+        json.dump({"task": task, "seed": seed, "n_train": n_train, "n_eval": n_eval, "pid": os.getpid()}, f)
     paths = {}
     for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 1_000_003)):
         rng = np.random.default_rng([split_seed, zlib.crc32(task.encode())])
@@ -210,4 +217,14 @@ def make_dataset(
         if split == "train" and pairs_template:
             paths["pairs"] = write_rows(os.path.join(out_dir, f"pairs.{fmt}"), label_pairs(rows, pairs_template, seed), fmt)
         paths[split] = write_rows(os.path.join(out_dir, f"{split}.{fmt}"), rows, fmt)
+    os.remove(marker)
     return paths
+
+
+INCOMPLETE = ".synthesis-incomplete"
+
+
+def synthesis_incomplete(out_dir: str) -> str | None:
+    """The marker's path if a synthesis into ``out_dir`` started and did not finish, else None."""
+    marker = os.path.join(out_dir, INCOMPLETE)
+    return marker if os.path.exists(marker) else None

@@ -19,6 +19,10 @@ from audiorl.data.audio import SAMPLE_RATE, AudioStore
 from audiorl.rewards.calling import EXECUTION_OPTIONS, BoundReward
 from audiorl.rewards.registry import check_signature, required_columns, resolve_reward
 
+# A weighted sum beyond this overflows float32 statistics (the group std squares it): reward_std
+# becomes inf/NaN and the loss 0, silently. Rewards are bounded in calling.py (MAX_REWARD).
+MAX_WEIGHT = 1e6
+
 
 @dataclass
 class RewardScores:
@@ -60,8 +64,8 @@ class RewardSet:
             if any(r.name == name for r in self.rewards):
                 raise ConfigError(f"two rewards are logged as '{name}': give one an 'alias'")
             weight = float(spec.weight)
-            if not math.isfinite(weight):
-                raise ConfigError(f"reward '{name}' has a non-finite weight")
+            if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+                raise ConfigError(f"reward '{name}': weight {weight:g} must be a finite number within +-{MAX_WEIGHT:g}")
             options = {k: getattr(spec, k) for k in EXECUTION_OPTIONS if hasattr(spec, k)}  # else BoundReward's defaults
             self.rewards.append(BoundReward(name, spec.name, fn, weight, kwargs, **options))
         if not self.rewards:

@@ -54,8 +54,39 @@ def _english_normalizer():
     return EnglishTextNormalizer(json.loads(spelling))
 
 
+_BRACKET_OPEN, _BRACKET_CLOSE = re.compile(r"[<\[]"), re.compile(r"[>\]]")
+
+
+def _drop_bracketed(text: str) -> str:
+    """Whisper's first steps done in linear time: what its bracket and parenthesis regexes remove is removed,
+    unmatched openers become spaces (as Whisper makes them later) and whitespace runs one space (as at its end).
+
+    On many unclosed ``<``, ``[`` or ``(``, or a long run of spaces, its regexes retry from every
+    position (quadratic: ~1 minute per MB); after this pass they find nothing to retry.
+    """
+    out, pos = [], 0
+    while (opener := _BRACKET_OPEN.search(text, pos)) is not None:  # [<\[][^>\]]*[>\]]
+        closer = _BRACKET_CLOSE.search(text, opener.start() + 1)
+        if closer is None:  # no later opener has a closer either
+            break
+        out.append(text[pos : opener.start()])
+        pos = closer.end()
+    text = "".join(out) + text[pos:].replace("<", " ").replace("[", " ")
+    out, pos = [], 0
+    while (start := text.find("(", pos)) >= 0:  # \(([^)]+?)\)
+        end = text.find(")", start + 1)
+        if end < 0:
+            break
+        if end == start + 1:  # "()": nothing inside, not removed
+            out.append(text[pos : end + 1])
+        else:
+            out.append(text[pos:start])
+        pos = end + 1
+    return " ".join(("".join(out) + text[pos:].replace("(", " ")).split())
+
+
 def _normalize_english(text: str) -> str:
-    words = _english_normalizer()(unicodedata.normalize("NFKC", text)).split()
+    words = _english_normalizer()(_drop_bracketed(unicodedata.normalize("NFKC", text))).split()
     # Whisper's normaliser leaves a lone "." from "..." and the like; such words are not spoken.
     return " ".join(w for w in words if any(unicodedata.category(ch)[0] not in "PS" for ch in w))
 
@@ -69,11 +100,19 @@ _ZH_NUMBER = re.compile(
 )
 
 
+# A positional numeral longer than this is not a spoken number: it is left as written. Without the
+# bound, a chain such as 一万亿万亿... is a number of thousands of digits: int -> str then exceeds
+# Python's 4300-digit limit (ValueError) and the big-integer arithmetic is quadratic.
+_ZH_MAX_POSITIONAL = 32
+
+
 def _zh_integer(run: str) -> str | None:
     """一百二十三 -> 123, 一二三 -> 123, 两千零五 -> 2005, 两千五 -> 2500; None when it is not one number."""
     if not any(ch in _ZH_UNITS or ch in _ZH_BIG for ch in run):
         # Read digit by digit (years, phone numbers); 两 is never such a digit (两个 "two of").
         return None if "两" in run else "".join(str(_ZH_DIGITS[ch]) for ch in run)
+    if len(run) > _ZH_MAX_POSITIONAL:
+        return None
     total = section = 0
     digit: int | None = None
     smallest, last_big, after_unit = 10**4, 0, 0  # units fall within a section; after_unit: the unit just read

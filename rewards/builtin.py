@@ -93,7 +93,9 @@ def think_length(completions: Sequence, max_length: int = 256, unit: str = "word
     return scores
 
 
-_LETTER = re.compile(r"^\(?\s*(?:option|choice|answer)?\s*[:\-]?\s*\(?([a-z])\)?\s*[\.\):]?\s*(.*)$", re.IGNORECASE)
+# Each run of spaces has one place to go (no two adjacent \s* around an optional item): adjacent ones
+# let a long run of spaces be split every way, cubic on "( <1 MB of spaces>!".
+_LETTER = re.compile(r"^\(?\s*(?:(?:option|choice|answer)\s*)?(?:[:\-]\s*)?\(?([a-z])\)?\s*(?:[\.\):]\s*)?(.*)$", re.IGNORECASE)
 
 
 _LETTER_IN_TEXT = re.compile(r"\(([A-Za-z])\)|\b(?:answer|option|choice) (?:is )?([A-Za-z])\b(?=[\s.,;:!?)]|$)")

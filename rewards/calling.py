@@ -2,12 +2,16 @@
 
 A reward is called on the whole batch, or on chunks of ``batch_size``; with ``workers > 0`` the
 chunks run in that many spawned processes (for CPU-heavy rewards: the trainer's process keeps its
-cores' GIL). ``timeout_s`` bounds each call; a call that overruns is abandoned (a worker pool is
-terminated and rebuilt, an in-process call's thread is left to finish on its own).
+cores' GIL). ``timeout_s`` bounds each call and must be able to stop its work, which only a process
+can: a reward with a timeout runs in worker processes (one when ``workers`` is 0), and a call that
+overruns has its process killed and replaced (rewards/workers.py). Start-up (spawn, imports, a
+class reward's constructor) does not count against a call's timeout.
 
 When a call raises or times out, ``on_error`` decides: ``raise`` (default) re-runs the chunk sample
-by sample to name the sample at fault; ``zero`` / ``skip`` re-run it sample by sample too and give
-the failing samples 0.0 / None (not applicable), with a warning naming the reward and the samples.
+by sample to name the sample at fault (a timeout is raised at once); ``zero`` / ``skip`` re-run it
+sample by sample and give the failing samples 0.0 / None (not applicable), with a warning naming
+the reward and the samples. The re-runs stop after two of them time out: a call costs at most three
+times its timeout however many samples hang, and the samples left unrun count as failing.
 """
 
 from __future__ import annotations
@@ -16,19 +20,25 @@ import asyncio
 import inspect
 import logging
 import math
-import multiprocessing
-import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from audiorl.common.errors import ConfigError, RewardError
-from audiorl.rewards.registry import ON_REQUEST_ARGS, RewardFn, call_signature, resolve_reward
+from audiorl.rewards.registry import ON_REQUEST_ARGS, RewardFn, call_signature
+from audiorl.rewards.workers import FAILED, OK, TIMED_OUT, WorkerPool
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "zero", "skip")
+# The largest reward value accepted. With weights within +-1e6 (aggregate.MAX_WEIGHT) a weighted sum
+# stays below ~1e15, whose square (in a group's variance) is far inside float32's range (3.4e38);
+# 1e39 used to pass the finite check and overflow there.
+MAX_REWARD = 1e9
+# Re-running a failed chunk sample by sample stops after this many samples time out: one hung
+# sample among healthy ones still lets the others score, a reward that hangs on everything gives up.
+RECOVERY_TIMEOUTS = 2
 EXECUTION_OPTIONS = ("on_error", "timeout_s", "workers", "batch_size")  # per-reward settings in a recipe
 
 
@@ -61,8 +71,8 @@ def _in_running_loop() -> bool:
     return True
 
 
-def _call_in_thread(fn, args: dict[str, Any], timeout: float | None) -> Any:
-    """Run in a daemon thread: bounds the wait, and gives async rewards a loop when the caller already runs one."""
+def _call_in_thread(fn, args: dict[str, Any]) -> Any:
+    """Run to completion in a thread: gives an async reward a loop of its own when the caller already runs one."""
     box: dict[str, Any] = {}
 
     def target():
@@ -73,26 +83,10 @@ def _call_in_thread(fn, args: dict[str, Any], timeout: float | None) -> Any:
 
     thread = threading.Thread(target=target, daemon=True, name="audiorl-reward")
     thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise RewardTimeout(f"no answer within {timeout:g} s")
+    thread.join()
     if "exc" in box:
         raise box["exc"]
     return box["out"]
-
-
-# ----------------------------------------------------------------- worker pool
-_WORKER_REWARDS: dict[str, Any] = {}
-
-
-def _init_worker(name: str, kwargs: dict[str, Any], path: list[str]) -> None:
-    sys.path[:] = path  # the parent's import path: module:function plug-ins resolve the same way
-    fn = resolve_reward(name)
-    _WORKER_REWARDS[name] = fn(**kwargs) if inspect.isclass(fn) else fn
-
-
-def _run_in_worker(name: str, args: dict[str, Any]) -> Any:
-    return run_sync(_WORKER_REWARDS[name], args)
 
 
 @dataclass
@@ -146,8 +140,13 @@ class BoundReward:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
+            self._pool.close()
             self._pool = None
+
+    @property
+    def in_processes(self) -> bool:
+        """Whether calls run in worker processes: ``workers > 0``, or a timeout (which must be able to kill the work)."""
+        return bool(self.workers) or self.timeout_s is not None
 
     # ----------------------------------------------------------------- calling
     def __call__(self, samples: dict[str, list], constants: dict[str, Any]) -> tuple[list[float], int]:
@@ -160,79 +159,110 @@ class BoundReward:
         args = _Args(samples, {**constants, **self.call_kwargs()})
         size = self.batch_size or (math.ceil(n / self.workers) if self.workers else n) or 1
         chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
-        pending = [(rows, self._submit(args.rows(rows))) for rows in chunks]
+        if self.in_processes:
+            outcomes = self._pool_run([args.rows(rows) for rows in chunks])
+        else:
+            outcomes = (self._call_here(args.rows(rows)) for rows in chunks)  # one chunk at a time
         values: list[float] = []
         failed = 0
-        for rows, handle in pending:
-            try:
-                values += self._check(self._result(handle), rows, completions)
-            except RewardError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a reward may raise anything; we name it and the samples
-                chunk_values, chunk_failed = self._recover(args, rows, completions, exc)
-                values += chunk_values
-                failed += chunk_failed
+        failures: list[tuple[slice, Exception]] = []
+        for rows, (kind, out) in zip(chunks, outcomes):
+            if kind == OK:
+                try:
+                    values += self._check(out, rows, completions)
+                    continue
+                except RewardError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - _check raises RewardError; anything else is the reward's
+                    out, kind = exc, FAILED
+            error = RewardTimeout(out) if kind == TIMED_OUT else out
+            failures.append((rows, error))
+            values += [math.nan] * (rows.stop - rows.start)  # filled in by _recover
+        if failures:
+            failed = self._recover(args, failures, completions, values)
         return values, failed
 
-    def _submit(self, args: dict[str, Any]):
-        if self.workers:
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
-                self._pool = context.Pool(
-                    self.workers, initializer=_init_worker, initargs=(self.spec_name, dict(self.kwargs), list(sys.path))
-                )
-            return self._pool.apply_async(_run_in_worker, (self.spec_name, args))
-        return args  # called when its result is asked for, one chunk at a time
+    def _pool_run(self, tasks: list[dict[str, Any]], max_timeouts: int | None = None) -> list[tuple[str, Any]]:
+        if self._pool is None:
+            self._pool = WorkerPool(self.name, self.spec_name, dict(self.kwargs), max(self.workers, 1))
+        return self._pool.run(tasks, self.timeout_s, max_timeouts)
 
-    def _result(self, handle) -> Any:
-        if self.workers:
-            try:
-                return handle.get(self.timeout_s)
-            except multiprocessing.TimeoutError:
-                self.close()  # the only way to stop a running task: the pool goes, and is rebuilt on the next call
-                raise RewardTimeout(f"no answer within {self.timeout_s:g} s") from None
-        fn = self.callable
-        if self.timeout_s is not None or _in_running_loop():
-            return _call_in_thread(fn, handle, self.timeout_s)
-        return run_sync(fn, handle)
+    def _call_here(self, args: dict[str, Any]) -> tuple[str, Any]:
+        """In this process (no timeout: nothing here could stop the work): (OK, value) or (FAILED, exception)."""
+        try:
+            fn = self.callable
+        except RewardError:
+            raise
+        try:
+            if _in_running_loop():  # an async reward needs a loop of its own
+                return OK, _call_in_thread(fn, args)
+            return OK, run_sync(fn, args)
+        except Exception as exc:  # noqa: BLE001 - a reward may raise anything; we name it and the samples
+            return FAILED, exc
 
-    def _run_one(self, args: dict[str, Any], i: int) -> Any:
-        return self._result(self._submit(args.rows(slice(i, i + 1))))
+    def _recover(self, args, failures: list[tuple[slice, Exception]], completions, values: list[float]) -> int:
+        """After chunks failed: name the failing sample (raise) or score the others (zero/skip). Returns the failures.
 
-    def _recover(self, args, rows: slice, completions, exc: Exception) -> tuple[list[float], int]:
-        """After a chunk failed: name the failing sample (raise) or score the others (zero/skip)."""
-        if isinstance(exc, RewardTimeout) and self.on_error == "raise":
+        Samples are re-run one by one; after RECOVERY_TIMEOUTS of them time out the rest are not run
+        (they count as failing): a reward that hangs on every sample costs at most three timeouts
+        per call (the batch, then two samples), not one per sample.
+        """
+        for rows, exc in failures:
+            if isinstance(exc, RewardTimeout) and self.on_error == "raise":
+                raise RewardError(
+                    f"reward '{self.name}' timed out ({exc}) on samples {rows.start}-{rows.stop - 1} "
+                    f"(first completion {_snippet(completions[rows.start])!r}); raise its timeout_s or set on_error"
+                ) from None
+        indices = [i for rows, _ in failures for i in range(rows.start, rows.stop)]
+        tasks = [args.rows(slice(i, i + 1)) for i in indices]
+        if self.in_processes:
+            outcomes = self._pool_run(tasks, max_timeouts=RECOVERY_TIMEOUTS)
+        else:
+            outcomes = (self._call_here(task) for task in tasks)
+        problems: list[str] = []
+        for i, (kind, out) in zip(indices, outcomes):
+            if kind == OK:
+                try:
+                    values[i] = self._check(out, slice(i, i + 1), completions)[0]
+                    continue
+                except RewardError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    kind, out = FAILED, exc
+            if kind == TIMED_OUT:
+                where = f"timed out ({out}) on sample {i} (completion {_snippet(completions[i])!r})"
+            else:
+                where = f"raised {type(out).__name__}: {out} on sample {i} (completion {_snippet(completions[i])!r})"
+            if self.on_error == "raise":
+                raise RewardError(f"reward '{self.name}' {where}") from (out if isinstance(out, BaseException) else None)
+            problems.append(where)
+            values[i] = 0.0 if self.on_error == "zero" else math.nan
+        if not problems and self.on_error == "raise":
+            rows, exc = failures[0]
             raise RewardError(
-                f"reward '{self.name}' timed out ({exc}) on samples {rows.start}-{rows.stop - 1} "
-                f"(first completion {_snippet(completions[rows.start])!r}); raise its timeout_s or set on_error"
-            ) from None
-        values: list[float] = []
-        failures: list[str] = []
-        for i in range(rows.start, rows.stop):
-            try:
-                values += self._check(self._run_one(args, i), slice(i, i + 1), completions)
-            except RewardError:
-                raise
-            except Exception as sample_exc:  # noqa: BLE001
-                where = f"{type(sample_exc).__name__}: {sample_exc} on sample {i} (completion {_snippet(completions[i])!r})"
-                if self.on_error == "raise":
-                    raise RewardError(f"reward '{self.name}' raised {where}") from sample_exc
-                failures.append(where)
-                values.append(0.0 if self.on_error == "zero" else math.nan)
-        if not failures and self.on_error == "raise":
-            raise RewardError(f"reward '{self.name}' raised {type(exc).__name__}: {exc} on samples {rows.start}-{rows.stop - 1}") from exc
-        if failures:
+                f"reward '{self.name}' raised {type(exc).__name__}: {exc} on samples {rows.start}-{rows.stop - 1}"
+            ) from exc
+        if problems:
             log.warning(
                 "reward '%s' failed on %d sample(s), scored %s (on_error=%s); first: %s",
-                self.name, len(failures), "0" if self.on_error == "zero" else "as not applicable", self.on_error, failures[0],
+                self.name, len(problems), "0" if self.on_error == "zero" else "as not applicable", self.on_error, problems[0],
             )
-        return values, len(failures)
+        return len(problems)
 
     def _check(self, out: Any, rows: slice, completions) -> list[float]:
-        """One finite float (or NaN for None) per sample of ``rows``; anything else names the reward and the sample."""
+        """One finite float within +-MAX_REWARD (or NaN for None) per sample of ``rows``; anything else names
+        the reward and the sample."""
         n = rows.stop - rows.start
-        if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-            raise RewardError(f"reward '{self.name}' returned {type(out).__name__}; it must return a list of {n} numbers")
+        # A mapping or set has a length too, but no order: {i: score} would give its keys as the rewards.
+        if out is None or isinstance(out, (str, bytes, Mapping, Set)) or not hasattr(out, "__len__") or not hasattr(out, "__iter__"):
+            raise RewardError(
+                f"reward '{self.name}' returned {type(out).__name__}; it must return a list of {n} numbers "
+                "(one per completion, in order)"
+            )
+        if getattr(out, "ndim", 1) != 1:  # an array or tensor
+            raise RewardError(
+                f"reward '{self.name}' returned an array of shape {tuple(out.shape)}; it must be a flat list of {n} numbers"
+            )
         out = list(out)
         if len(out) != n:
             raise RewardError(f"reward '{self.name}' returned {len(out)} values for {n} completions")
@@ -242,8 +272,10 @@ class BoundReward:
                 result.append(math.nan)
                 continue
             try:
+                if isinstance(v, (str, bytes)):  # float("1.5") would pass: text is not a score
+                    raise TypeError
                 f = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise RewardError(
                     f"reward '{self.name}' returned {v!r} for sample {i} (completion {_snippet(completions[i])!r}); "
                     "rewards must be numbers or None"
@@ -252,6 +284,12 @@ class BoundReward:
                 raise RewardError(
                     f"reward '{self.name}' returned {f} for sample {i} (completion {_snippet(completions[i])!r}); "
                     "return None for 'not applicable' instead of NaN/inf"
+                )
+            if abs(f) > MAX_REWARD:
+                raise RewardError(
+                    f"reward '{self.name}' returned {f:g} for sample {i} (completion {_snippet(completions[i])!r}); "
+                    f"rewards must lie within +-{MAX_REWARD:g} (beyond, float32 group statistics overflow and the "
+                    "policy silently stops learning): scale it down"
                 )
             result.append(f)
         return result

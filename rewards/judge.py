@@ -950,6 +950,9 @@ def llm_judge(completions: Sequence, prompts: Sequence | None = None, **options_
     return get_judge(**options)(completions, prompts, **options_and_columns)
 
 
+llm_judge.reward_options = _OPTIONS  # read from **options_and_columns: checked against Judge's options
+
+
 __all__ = [
     "RUBRICS",
     "DiskCache",

@@ -8,6 +8,11 @@ it names as a parameter (or all of them through ``**kwargs``), each as a list al
 ``waveforms`` gets each sample's input audio (a list of float32 arrays at ``sampling_rate`` Hz,
 which it may also name) read from the ``audio`` column.
 
+The YAML ``kwargs`` of a reward are its options: each must be a named parameter of the function
+(of a class: its constructor), else the recipe is refused with the nearest option's name. A
+``**kwargs`` catch-all receives dataset columns, not options; a reward that reads options from it
+declares them: ``@reward("name", options=("a", "b"))`` or ``fn.reward_options = ("a", "b")``.
+
 A reward function may carry ``fn.check_kwargs(**kwargs)``: it is called when a recipe is validated,
 before anything heavy loads, and raises ConfigError for bad options (a missing model path, say).
 
@@ -31,7 +36,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from audiorl.common.errors import ConfigError
+from audiorl.common.errors import ConfigError, nearest
 from audiorl.common.registry import Registry, import_object
 
 RewardFn = Callable[..., list]
@@ -46,14 +51,23 @@ RUNTIME_ARGS = ("completions", "prompts", "waveforms", "sampling_rate")
 ON_REQUEST_ARGS = ("waveforms", "sampling_rate")
 
 
-def reward(name: str) -> Callable[[RewardFn], RewardFn]:
+def reward(name: str, options: tuple[str, ...] | None = None) -> Callable[[RewardFn], RewardFn]:
     """Register a reward function under ``name``::
 
         @reward("exact_match")
         def exact_match(completions, label, **_):
             return [float(c.strip() == l) for c, l in zip(completions, label)]
+
+    ``options``: YAML kwargs it reads from its ``**kwargs`` besides its named parameters.
     """
-    return REWARDS.register(name)  # type: ignore[return-value]
+    register = REWARDS.register(name)
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if options is not None:
+            fn.reward_options = tuple(options)  # type: ignore[attr-defined]
+        return register(fn)  # type: ignore[operator]
+
+    return decorator
 
 
 def plugin_rewards() -> dict[str, object]:
@@ -135,13 +149,28 @@ def required_columns(fn: RewardFn, bound: dict) -> list[str]:
     ]
 
 
-def _check_accepts(what: str, sig: inspect.Signature, keys, name: str) -> None:
-    params = sig.parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
+def reward_options(fn: object) -> list[str]:
+    """The YAML options a reward takes: its named parameters (a class: its constructor's) and declared ``reward_options``."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    named = [
+        p.name for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RUNTIME_ARGS and p.name != "self"
+    ]
+    return named + [o for o in getattr(fn, "reward_options", ()) if o not in named]
+
+
+def _check_accepts(what: str, fn: object, keys, name: str) -> None:
+    options = reward_options(fn)
     for key in keys:
-        if key not in params:
-            raise ConfigError(f"reward '{name}' has no {what} '{key}' (given in its kwargs)")
+        if not isinstance(key, str) or key in RUNTIME_ARGS:
+            raise ConfigError(f"reward '{name}': '{key}' cannot be given in kwargs (it is passed by the trainer)")
+        if key not in options:
+            listed = f"; its options: {', '.join(options)}" if options else "; it takes no options"
+            raise ConfigError(f"reward '{name}' has no {what} '{key}'{nearest(key, options)} (given in its kwargs){listed}")
 
 
 def check_signature(name: str, fn: RewardFn, bound: dict) -> None:
@@ -152,7 +181,4 @@ def check_signature(name: str, fn: RewardFn, bound: dict) -> None:
     takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if "completions" not in params and not takes_var_kw:
         raise ConfigError(f"reward '{name}' must accept a 'completions' argument")
-    if inspect.isclass(fn):
-        _check_accepts("constructor parameter", inspect.signature(fn), bound, name)
-    else:
-        _check_accepts("parameter", sig, bound, name)
+    _check_accepts("constructor parameter" if inspect.isclass(fn) else "parameter", fn, bound, name)

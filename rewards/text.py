@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -23,8 +21,31 @@ def as_text(completion: object) -> str:
 
 def thinking(text: str) -> str | None:
     """The content of the first ``<think>...</think>`` block, or None if there is none."""
-    match = THINK_RE.search(text)
-    return match.group(1) if match else None
+    # str.find, not THINK_RE.search: on many unclosed <think> tags the regex retries the lazy scan
+    # from every opening tag (quadratic: minutes on 1 MB); the first close after the first open is
+    # the same match.
+    start = text.find("<think>")
+    if start < 0:
+        return None
+    end = text.find("</think>", start + 7)
+    return text[start + 7 : end] if end >= 0 else None
+
+
+def tagged_blocks(text: str, open_tag: str, close_tag: str) -> list[str]:
+    """The contents of non-overlapping ``open ... close`` blocks, left to right (what a lazy regex's findall gives).
+
+    Linear: once an opening tag has no closing tag after it, no later one has.
+    """
+    blocks, pos = [], 0
+    while True:
+        start = text.find(open_tag, pos)
+        if start < 0:
+            return blocks
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            return blocks
+        blocks.append(text[start + len(open_tag) : end])
+        pos = end + len(close_tag)
 
 
 def strip_thinking(text: str) -> str:
@@ -39,7 +60,7 @@ def strip_thinking(text: str) -> str:
 def answer_span(text: str) -> tuple[str, bool]:
     """(answer, tagged): the last ``<answer>`` block's content, else the text after the thinking."""
     after = strip_thinking(text)
-    tagged = ANSWER_RE.findall(after)
+    tagged = tagged_blocks(after, "<answer>", "</answer>")
     if tagged:
         return tagged[-1], True
     return re.sub(r"</?answer>", " ", after), False

@@ -7,8 +7,10 @@ Errors name the key path; an unknown key also names the nearest valid one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -123,6 +125,8 @@ class RecipeConfig:
     stages: list[Any] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: Optional[int] = None  # torch CPU threads (default: torch's choice)
+    # replace the outputs of an earlier run in output_dir (else a run refuses a used output_dir); also `train --overwrite`
+    overwrite: bool = False
 
     def enabled_stages(self) -> list[Any]:
         return [s for s in self.stages if s.enabled]
@@ -135,6 +139,9 @@ CHOICES = {
     "rollout.vllm.mode": ("colocate", "server"),
     "rollout.vllm.weight_transport": ("auto", "http", "gloo", "nccl"),
 }
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:0")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # Keys of earlier recipe formats -> where the setting lives now.
 MOVED = {
@@ -208,8 +215,96 @@ def _apply_overrides(config: DictConfig, overrides: list[str]) -> None:
                 raise ConfigError(f"override '{item}': no stage named '{parts[1]}'{nearest(parts[1], names)}; stages: {', '.join(names) or '(none)'}")
             parts[1] = str(names[parts[1]])
             key = ".".join(parts)
-        value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
-        OmegaConf.update(config, key, value, merge=True)
+        _check_override_path(config, key.split("."), item)
+        try:
+            value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
+        except Exception as exc:  # noqa: BLE001 - yaml's own errors, OmegaConf's
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"override '{item}': the value '{raw}' is not valid YAML: {reason}") from None
+        try:
+            OmegaConf.update(config, key, value, merge=True)
+        except OmegaConfBaseException:
+            raise  # explained by the caller, which names the key and the nearest valid one
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # OmegaConf's own raw errors
+            raise ConfigError(f"override '{item}': cannot set '{key}': {exc}") from None
+
+
+def _check_override_path(config: DictConfig, parts: list[str], item: str) -> None:
+    """Walk ``parts`` through the merged recipe: list items by a valid index, nothing through a null or a scalar.
+
+    OmegaConf would otherwise answer ``rewards.5.weight`` with a type error about RewardSpec,
+    ``rewards.-5`` with a Python negative index, and ``rewards.x`` with a raw traceback.
+    """
+    node: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if not part:
+            raise ConfigError(f"override '{item}': empty key part in '{'.'.join(parts)}'")
+        if isinstance(node, ListConfig):
+            size = len(node)
+            if not re.fullmatch(r"-?\d+", part):
+                raise ConfigError(f"override '{item}': '{here}': a list takes an index 0-{size - 1}, not '{part}'")
+            index = int(part)
+            if not 0 <= index < size:
+                where = f"indices 0-{size - 1}" if size else "no entries"
+                raise ConfigError(
+                    f"override '{item}': '{here}' is out of range: '{'.'.join(parts[:depth])}' has {where} "
+                    f"(to add an entry, set the whole list: {'.'.join(parts[:depth])}=[...])"
+                )
+            node = node[index]
+        elif isinstance(node, DictConfig):
+            if part not in node:
+                if re.fullmatch(r"-?\d+", parts[depth + 1]):  # OmegaConf would make a dict keyed by the index
+                    raise ConfigError(
+                        f"override '{item}': '{here}' is not set, so it has no entry {parts[depth + 1]}: "
+                        f"set '{here}' as a whole (e.g. {here}=[...])"
+                    )
+                return  # an unknown key: OmegaConf names it and the nearest valid one
+            node = node._get_node(part)
+            if node is None or node._is_none():
+                raise ConfigError(
+                    f"override '{item}': '{here}' is null, so it has no '{parts[depth + 1]}': "
+                    f"set '{here}' as a whole (e.g. {here}=[...] or {here}={{...}})"
+                )
+            if not isinstance(node, (DictConfig, ListConfig)):
+                raise ConfigError(f"override '{item}': '{here}' is a single value, so it has no '{parts[depth + 1]}'")
+        else:
+            return
+
+
+def _merge_named(merged: DictConfig, loaded: DictConfig, source: str) -> DictConfig:
+    """``OmegaConf.merge``, whose TypeError/ValueError on a wrong container (a mapping where a list goes) names no key."""
+    try:
+        return OmegaConf.merge(merged, loaded)
+    except (TypeError, ValueError) as exc:
+        for key in loaded:  # find the top-level key that does not fit
+            try:
+                OmegaConf.merge(merged, {key: loaded._get_node(key)})
+            except (TypeError, ValueError, OmegaConfBaseException):
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(f"{source}: '{key}' has the wrong shape ({reason}); see `audiorl validate --list-keys`") from None
+        raise ConfigError(f"{source}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def check_reward_entry(entry: Any, source: str, prefix: str) -> None:
+    """One reward entry: a mapping with a ``name``, its ``kwargs`` a mapping (errors say ``rewards.N.``)."""
+    if not isinstance(entry, (DictConfig, dict)):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping such as {{name: {entry}}}, got {entry!r}")
+    kwargs = entry.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, (DictConfig, dict)):
+        raise ConfigError(f"{source}: '{prefix}kwargs' must be a mapping of option: value, got {kwargs!r}")
+
+
+def _check_reward_entries(entries: Any, source: str, prefix: str) -> None:
+    """Type each reward entry alone: a merged list reports a typo without its ``rewards.N.`` path."""
+    if not isinstance(entries, ListConfig):
+        return
+    for j, entry in enumerate(entries):
+        check_reward_entry(entry, source, f"{prefix}{j}.")
+        try:
+            OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, source, RewardSpec, prefix=f"{prefix}{j}.") from None
 
 
 def recipe_kind(path: str) -> str:
@@ -229,10 +324,18 @@ def load_config(schema: type, path: str | None = None, overrides: list[str] | No
         if path is not None:
             if not os.path.isfile(path):
                 raise ConfigError(f"recipe '{path}' does not exist")
-            loaded = OmegaConf.load(path)
+            try:
+                loaded = OmegaConf.load(path)
+            except OmegaConfBaseException:
+                raise
+            except Exception as exc:  # noqa: BLE001 - yaml's parser errors, a file that is not text
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise ConfigError(f"recipe '{path}' is not valid YAML: {reason}") from None
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"{path}: a recipe must be a mapping of keys")
-            merged = OmegaConf.merge(merged, loaded)
+            if schema is RecipeConfig:
+                _check_reward_entries(loaded.get("rewards"), path, "rewards.")
+            merged = _merge_named(merged, loaded, path)
         if overrides:
             source = f"{source} + overrides"
             _apply_overrides(merged, overrides)
@@ -271,6 +374,7 @@ def typed_stage(raw: Any, index: int, source: str) -> Any:
     if isinstance(raw.get("rewards"), list):  # typed one by one, so that an error names its entry
         typed = []
         for j, entry in enumerate(raw["rewards"]):
+            check_reward_entry(entry, source, f"stages.{index}.rewards.{j}.")
             try:
                 typed.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RewardSpec), entry)))
             except OmegaConfBaseException as exc:
@@ -281,6 +385,8 @@ def typed_stage(raw: Any, index: int, source: str) -> Any:
         stage = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
         raise _explain(exc, source, schema, prefix=f"stages.{index}.") from None
+    except (TypeError, ValueError) as exc:  # e.g. a mapping where the schema has a list
+        raise ConfigError(f"{source}: 'stages.{index}': {exc}") from None
     stage.name = stage.name or stage.algorithm
     return stage
 
@@ -314,10 +420,19 @@ def validate(config: RecipeConfig) -> None:
 
     Each stage is checked by its algorithm's own ``validate`` (rl/stage_config.py).
     """
+    _check_finite(config, "")
+    _check_text_lists(config, "")
     for key, choices in CHOICES.items():
         value = _get(config, key)
         if value is not None and value not in choices:
             raise ConfigError(f"'{key}' is '{value}'{nearest(str(value), choices)}; choose one of: {', '.join(choices)}")
+    if not DEVICE_RE.fullmatch(config.model.device):
+        raise ConfigError(
+            f"'model.device' is '{config.model.device}'{nearest(config.model.device, DEVICES)}; "
+            "choose one of: auto, cpu, cuda, cuda:N (a GPU index)"
+        )
+    _check_ranges(config)
+    _check_output_dir(config.output_dir)
 
     positive = {
         "rollout.max_new_tokens": config.rollout.max_new_tokens,
@@ -390,6 +505,97 @@ def validate(config: RecipeConfig) -> None:
             missing_input(f"'data.{key}': '{path}' does not exist")
 
 
+def _check_finite(node: Any, path: str) -> None:
+    """No NaN or infinity anywhere in the recipe: ``lr: .nan`` passes every ``<= 0`` test and trains on NaN.
+
+    Reward ``kwargs`` (the only mappings) are the reward's own to check: an infinite limit may mean "none".
+    """
+    def child(name: object) -> str:
+        return f"{path}.{name}" if path else str(name)
+
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), child(f.name))
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _check_finite(item, child(i))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"'{path}' is {node}: it must be a finite number")
+
+
+def _check_text_lists(node: Any, path: str) -> None:
+    """Entries of ``list[str]`` fields are text: OmegaConf lets ``[{}]`` through into ``list[str]``."""
+    import typing
+
+    if not dataclasses.is_dataclass(node):
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                _check_text_lists(item, f"{path}.{i}")
+        return
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        key = f"{path}.{f.name}" if path else f.name
+        value = getattr(node, f.name)
+        if hints.get(f.name) in (list[str], Optional[list[str]]) and value is not None:
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise ConfigError(f"'{key}.{i}' must be text, got {type(item).__name__} {item!r:.40}")
+        else:
+            _check_text_lists(value, key)
+
+
+def _check_ranges(config: RecipeConfig) -> None:
+    """Bounds of the numbers outside the stages (each stage checks its own in rl/stage_config.py)."""
+    non_negative = {
+        "rollout.top_k": config.rollout.top_k,  # 0: no top-k filtering
+        "model.audio_cache_mb": config.model.audio_cache_mb,
+        "rollout.vllm.weight_transport_port": config.rollout.vllm.weight_transport_port,
+        "lora.dropout": config.lora.dropout,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"'{key}' must be >= 0, got {value}")
+    positive_or_null = {
+        "eval.max_new_tokens": config.eval.max_new_tokens,
+        "data.max_train_samples": config.data.max_train_samples,
+        "data.max_eval_samples": config.data.max_eval_samples,
+        "threads": config.threads,
+        "rollout.vllm.kv_cache_mb": config.rollout.vllm.kv_cache_mb,
+    }
+    for key, value in positive_or_null.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"'{key}' must be positive (or null for the default), got {value}")
+    if config.lora.alpha <= 0:
+        raise ConfigError(f"'lora.alpha' must be positive (the adapter's scale is alpha / r), got {config.lora.alpha}")
+    if not config.lora.dropout < 1:
+        raise ConfigError(f"'lora.dropout' must be in [0, 1), got {config.lora.dropout}")
+    if config.rollout.vllm.max_audio_per_prompt <= 0:
+        raise ConfigError(f"'rollout.vllm.max_audio_per_prompt' must be positive, got {config.rollout.vllm.max_audio_per_prompt}")
+    if not 0 < config.rollout.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"'rollout.vllm.gpu_memory_utilization' must be in (0, 1], got {config.rollout.vllm.gpu_memory_utilization}")
+    if config.rollout.vllm.weight_transport_port > 65535:
+        raise ConfigError(f"'rollout.vllm.weight_transport_port' must be a port (0-65535), got {config.rollout.vllm.weight_transport_port}")
+
+
+def _check_output_dir(path: str) -> None:
+    """``output_dir`` can be created and written, found before a model loads rather than at the first save."""
+    if not path or not str(path).strip():
+        raise ConfigError("'output_dir' is empty")
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"'output_dir': '{path}' exists and is not a directory")
+    existing = full
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"'output_dir': '{path}' cannot be created: '{existing}' is a file")
+    try:  # a probe, not os.access: root passes every permission bit, yet a read-only mount refuses it
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        missing_input(f"'output_dir': '{path}' is not writable here ('{existing}': {exc.strerror or exc})")
+
+
 def _validate_stages(config: RecipeConfig) -> None:
     names: dict[str, int] = {}
     for i, stage in enumerate(config.stages):
@@ -413,9 +619,15 @@ def _validate_rewards(specs: list[RewardSpec], key: str) -> None:
         return
     from audiorl.rewards import RewardSet
 
+    for j, spec in enumerate(specs):  # one by one, so that an error names its entry: rewards.1.kwargs
+        try:
+            RewardSet([spec])
+        except Exception as exc:  # registry errors name the reward and the registered ones
+            where = f"{key}.{j}.kwargs" if "(given in its kwargs)" in str(exc) else f"{key}.{j}"
+            raise ConfigError(f"{where}: {exc}") from None
     try:
-        RewardSet(specs)
-    except Exception as exc:  # registry errors name the reward and the registered ones
+        RewardSet(specs)  # what only the whole list can break: two rewards logged under one name
+    except Exception as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
 
@@ -424,3 +636,71 @@ def stage_rewards(config: RecipeConfig, stage: Any) -> list[RewardSpec]:
     if not stage_uses_rewards(stage):
         return []
     return list(stage.rewards if stage.rewards is not None else config.rewards)
+
+
+# ------------------------------------------------------------------- listing
+def _field_comments(cls: type) -> dict[str, str]:
+    """``name: type = default  # comment`` lines of a dataclass's source: the comment is the key's documentation."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            match = re.match(r"(\w+)\s*:[^#]*?(?:#\s*(.*))?$", stripped)
+            if match and not stripped.startswith(("def ", "class ", "@")):
+                text = " ".join([*above, match.group(2) or ""]).strip()
+                if text:
+                    comments[match.group(1)] = text
+            above = []
+    return comments
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return ""
+    if value is MISSING or value == "???":
+        return "(required)"
+    return "null" if value is None else repr(value)
+
+
+def list_keys() -> list[str]:
+    """Every recipe key with its default and documentation: the recipe schema, each stage algorithm's, a reward entry's."""
+    out: list[str] = []
+
+    def walk(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> None:
+        comments = _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            key = prefix + f.name
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            if dataclasses.is_dataclass(default):
+                walk(type(default), key + ".")
+                continue
+            out.append(f"{key:44s} {_default_text(f):18s} {comments.get(f.name, '')}".rstrip())
+
+    walk(RecipeConfig, "", skip=("stages", "rewards"))
+    walk(SynthConfig, "data.synthesize.")
+    out.append("")
+    out.append("rewards.N.* (and stages.N.rewards.N.*): one reward each (`audiorl rewards` lists the names)")
+    walk(RewardSpec, "rewards.N.")
+    for name in ALGORITHMS.names():
+        out.append("")
+        out.append(f"stages.N.* with algorithm: {name} (stages.<name>.key=value in overrides)")
+        walk(ALGORITHMS.get(name).config, "stages.N.")
+    return out

@@ -41,11 +41,13 @@ class DPOStage:
         run.seed_everything()
         self.rewards = run.reward_set(cfg)
         if cfg.source == "offline":
-            d = run.config.data
-            pairs = load_pairs(
-                cfg.pairs, chosen_column=cfg.chosen_column, rejected_column=cfg.rejected_column, audio_column=d.audio_column,
-                prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
-            )
+            pairs = getattr(run, "stage_pairs", {}).get(cfg.name)  # read and checked in the recipe's setup, before load
+            if pairs is None:
+                d = run.config.data
+                pairs = load_pairs(
+                    cfg.pairs, chosen_column=cfg.chosen_column, rejected_column=cfg.rejected_column, audio_column=d.audio_column,
+                    prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
+                )
             self.sampler = RowSampler(pairs, run.config.seed)
         else:
             self.sampler = RowSampler(run.train_rows, run.config.seed)

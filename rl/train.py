@@ -59,10 +59,17 @@ def prepare_inputs(config: RecipeConfig) -> None:
         family, seed = config.model.tiny_family, config.model.tiny_seed
         build_checkpoint_once(config.model.path, lambda out: build_tiny(out, family, seed=seed), f"the tiny {family}")
     synth = config.data.synthesize
-    if synth is not None and not os.path.isfile(config.data.train):
-        from audiorl.data.synth import make_dataset
+    if synth is not None:
+        from audiorl.data.synth import make_dataset, synthesis_incomplete
 
         out_dir = os.path.dirname(os.path.abspath(config.data.train))
+        wanted = [config.data.train, config.data.eval] + [
+            s.pairs for s in config.stages if getattr(s, "source", None) == "offline" and synth.pairs_template
+        ]
+        if synthesis_incomplete(out_dir) is None and all(p is None or os.path.isfile(p) for p in wanted):
+            return
+        if os.path.isfile(config.data.train):  # killed while writing, or a split missing: written again
+            log.warning("the data set in %s is incomplete (an interrupted synthesis): writing it again", out_dir)
         log.info("synthesising the embedded '%s' data set in %s", synth.task, out_dir)
         paths = make_dataset(
             out_dir, synth.task, seed=synth.seed, n_train=synth.n_train, n_eval=synth.n_eval, pairs_template=synth.pairs_template,
@@ -77,14 +84,39 @@ def prepare_inputs(config: RecipeConfig) -> None:
                 raise ConfigError(f"'{key}' must be '{written}' when data.synthesize is set")
 
 
+def run_inputs(config: RecipeConfig) -> list[str]:
+    """What a run reads (never removed by ``overwrite``, even inside output_dir)."""
+    return [config.model.path, config.data.train, config.data.eval, *(getattr(s, "pairs", None) for s in config.stages)]
+
+
 def load_rows(config: RecipeConfig) -> tuple[list[dict], list[dict]]:
-    from audiorl.data.dataset import load_examples
+    from audiorl.data.dataset import load_examples, model_window_seconds
 
     d = config.data
-    common = dict(audio_column=d.audio_column, prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio)
+    common = dict(
+        audio_column=d.audio_column, prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
+        max_audio_seconds=model_window_seconds(config.model.path),  # a longer clip is a bad row now, not at step N
+    )
     train_rows = load_examples(d.train, max_samples=d.max_train_samples, **common)
     eval_rows = load_examples(d.eval, max_samples=d.max_eval_samples, **common) if d.eval else []
     return train_rows, eval_rows
+
+
+def load_stage_pairs(config: RecipeConfig) -> dict[str, list[dict]]:
+    """The preference pairs of each enabled offline DPO stage, read and checked like the data rows (before load)."""
+    from audiorl.data.dataset import model_window_seconds
+    from audiorl.data.preferences import load_pairs
+
+    d = config.data
+    pairs = {}
+    for stage in config.enabled_stages():
+        if getattr(stage, "source", None) == "offline":
+            pairs[stage.name] = load_pairs(
+                stage.pairs, chosen_column=stage.chosen_column, rejected_column=stage.rejected_column, audio_column=d.audio_column,
+                prompt_column=d.prompt_column, system_prompt=d.system_prompt, on_bad_audio=d.on_bad_audio,
+                max_audio_seconds=model_window_seconds(config.model.path),
+            )
+    return pairs
 
 
 def _spec_key(specs: list[Any]) -> str:
@@ -116,13 +148,17 @@ class RLRecipe:
         from audiorl.rl.prompts import PromptEncoder
         from audiorl.rollouts import build_rollout_engine
 
+        from audiorl.rl import run_dir
+
         cfg = self.config
         self.started = time.perf_counter()
+        self.run_id = run_dir.claim(cfg.output_dir, cfg.overwrite, keep=run_inputs(cfg))  # before anything loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.seed_everything()
         prepare_inputs(cfg)
         self.train_rows, self.eval_rows = load_rows(cfg)
+        self.stage_pairs = load_stage_pairs(cfg)  # offline DPO's pairs: checked before the model loads too
         self.store = AudioStore()  # rewards that take waveforms read the clips the trainer decodes
         for stage in cfg.enabled_stages():  # reward columns are checked before the model loads
             rewards = self.reward_set(stage)
@@ -147,6 +183,7 @@ class RLRecipe:
         self.metrics = MetricsLog(cfg.output_dir)
         self.base_dir = os.path.abspath(cfg.model.path)  # the checkpoint the current LoRA adapter is trained on
         with open(os.path.join(cfg.output_dir, "recipe.yaml"), "w") as f:
+            f.write(f"# run_id: {self.run_id} (audiorl train; run.json and summary.json carry the same id)\n")
             f.write(to_yaml(cfg))
 
     def seed_everything(self) -> None:
@@ -312,7 +349,10 @@ class RLRecipe:
         """Merge the stage's adapter and save its weights: the next stage starts (and its adapter sits) on them."""
         from audiorl.common.io import atomic_dir
 
+        from audiorl.rl import run_dir
+
         self.merge_lora()
+        run_dir.update(self.config.output_dir, stage_dirs=f"{stage.name}_model")  # an output of this run (overwrite removes it)
         self.base_dir = os.path.join(os.path.abspath(self.config.output_dir), f"{stage.name}_model")
         with atomic_dir(self.base_dir) as tmp:
             self.lm.save_pretrained(self.lm.model, tmp)
@@ -371,6 +411,7 @@ class RLRecipe:
         extra = {f"sampled reward {name} (first/last 10 steps)": (v["sampled_reward_first10"], v["sampled_reward_last10"]) for name, v in stages.items()}
         table = before_after_table(before, after, extra or None)
         summary = {
+            "run_id": self.run_id,
             "before": before,
             "after": after,
             "evals": self.evals,
@@ -384,6 +425,9 @@ class RLRecipe:
         }
         with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        from audiorl.rl import run_dir
+
+        run_dir.update(cfg.output_dir, status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         print("\n" + table)
         print(f"\ntotal {self.timings['total_s']:.0f} s; outputs in {os.path.abspath(cfg.output_dir)}")
         return summary

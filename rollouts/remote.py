@@ -10,6 +10,7 @@ stalled server ends the run with an error naming it, never a hang.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,10 @@ from audiorl.rollouts.base import Completion, RolloutEngine, RolloutRequest, Sam
 from audiorl.rollouts.sync import WeightSync
 from audiorl.rollouts.weight_transport import GroupSender
 from torch import nn
+
+log = logging.getLogger("audiorl")
+
+WAIT_REPORT_S = 5.0  # while waiting for a server to come up, say so this often
 
 
 class ServerClient:
@@ -65,16 +70,26 @@ class ServerClient:
         )
 
     def wait_ready(self, timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         probe = ServerClient(self.url, timeout_s=min(10.0, timeout_s), retries=0)
+        said = start
         while True:
             try:
                 return probe.call("/health")[1]
             except RolloutServerError as exc:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise RolloutServerError(
                         f"rollout server {self.url} not ready after {timeout_s:g} s: {exc}"
                     ) from None
+                if now - said >= WAIT_REPORT_S:  # a long wait says what it waits for, not silence
+                    said = now
+                    log.info(
+                        "waiting for the rollout server at %s (GET /health; start it with `audiorl rollout-server`): "
+                        "%.0f of %g s (rollout.vllm.startup_timeout_s); last: %s",
+                        self.url, now - start, timeout_s, getattr(exc, "args", [exc])[0],
+                    )
                 time.sleep(1.0)
 
 

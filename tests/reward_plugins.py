@@ -44,6 +44,36 @@ def returns_scalar(completions, **_):
     return 1.0
 
 
+def returns_dict(completions, **_):
+    return {i: 0.5 for i in range(len(completions))}  # its keys are not the scores
+
+
+def returns_set(completions, **_):
+    return set(range(len(completions)))
+
+
+def returns_huge(completions, **_):
+    return [1.0, 1e39, 0.0][: len(completions)]  # finite in float64, inf in float32
+
+
+def returns_numeric_text(completions, **_):
+    return ["1.5"] * len(completions)
+
+
+def returns_matrix(completions, **_):
+    import numpy as np
+
+    return np.ones((len(completions), 2))
+
+
+def returns_arrays_and_tuples(completions, **_):
+    import numpy as np
+    import torch
+
+    n = len(completions)
+    return (np.float32(1.0), *np.arange(n - 2, dtype=np.float64), torch.tensor(-1e9))[:n]
+
+
 async def async_len(completions, **_):
     await asyncio.sleep(0)
     return [float(len(c)) for c in completions]
@@ -101,3 +131,21 @@ def answer_matches_measured_pitch(completions, waveforms, sampling_rate):
         measured = "high" if f0 > 600 else "low"
         scores.append(1.0 if completion.strip().lower().endswith(measured) else 0.0)
     return scores
+
+
+def hangs(completions, **_):
+    import time
+
+    time.sleep(3600)
+
+
+class SlowToStart:
+    """Constructed slowly (a model load, say): start-up must not count against a call's timeout."""
+
+    def __init__(self, delay: float = 3.0):
+        import time
+
+        time.sleep(delay)
+
+    def __call__(self, completions):
+        return [1.0] * len(completions)

@@ -144,3 +144,64 @@ def test_missing_prompt_column_is_named(tmp_path, pitch_data):
     _write_rows(tmp_path / "d.jsonl", rows)
     with pytest.raises(DataError, match=r"row 1: column 'prompt' is missing"):
         load_examples(str(tmp_path / "d.jsonl"), on_bad_audio="raise")
+
+
+# ----------------------------------------------------------- the data pass before load
+def _clip(path, seconds, sr=16000):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(str(path), np.zeros(int(seconds * sr), dtype=np.float32), sr)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", r"data file '.*d\.jsonl' is empty \(0 bytes\)"),
+        (b"\n  \n", r"d\.jsonl' holds only whitespace"),
+        (b'{"prompt": "a", "audio": "x.wav"}\n{"prompt": "b", oops}\n', r"d\.jsonl' line 2: not valid JSON"),
+        (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', r"d\.jsonl' line 2: byte 0xe9 is not UTF-8 text"),
+        (b'{"prompt": "a"}\n[1, 2]\n', r"d\.jsonl' line 2: a row must be a JSON object, got list"),
+        (b'{"prompt": "a", "label": "high"}\n{"prompt": "b", "label": 3}\n', r"d\.jsonl row 1: column 'label' is number .* but row 0 has text"),
+    ],
+)
+def test_unreadable_data_files_name_the_file_line_and_reason(tmp_path, content, message):
+    (tmp_path / "d.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_examples(str(tmp_path / "d.jsonl"))
+
+
+def test_json_arrays_and_lines_read_alike(tmp_path, pitch_data):
+    rows = _rows(pitch_data, 3)
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    _write_rows(tmp_path / "l.jsonl", rows)
+    assert [e["audio"] for e in load_examples(str(tmp_path / "a.json"))] == [e["audio"] for e in load_examples(str(tmp_path / "l.jsonl"))]
+
+
+def test_every_row_is_checked_and_bad_clips_skipped_when_asked(tmp_path, pitch_data, caplog):
+    """Truncated WAVs and clips over the model's window are bad rows before load (with on_bad_audio: skip, skipped)."""
+    from audiorl.data.dataset import model_window_seconds
+
+    rows = _rows(pitch_data, 4)
+    full = open(rows[0]["audio"], "rb").read()
+    (tmp_path / "cut.wav").write_bytes(full[: len(full) // 2])
+    rows[1]["audio"] = str(tmp_path / "cut.wav")
+    rows[3]["audio"] = _clip(tmp_path / "long.wav", 3.0)
+    _write_rows(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"d\.jsonl row 1: audio file '.*cut\.wav' is truncated"):
+        load_examples(str(tmp_path / "d.jsonl"), max_audio_seconds=2.0)
+    rows[1]["audio"] = rows[0]["audio"]
+    _write_rows(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"d\.jsonl row 3: audio file '.*long\.wav' is 3\.0 s long; the model reads at most 2 s"):
+        load_examples(str(tmp_path / "d.jsonl"), max_audio_seconds=2.0)
+    assert len(load_examples(str(tmp_path / "d.jsonl"))) == 4  # no window known: no length check
+    rows[1]["audio"] = str(tmp_path / "cut.wav")
+    _write_rows(tmp_path / "d.jsonl", rows)
+    kept = load_examples(str(tmp_path / "d.jsonl"), max_audio_seconds=2.0, on_bad_audio="skip")
+    assert [e["_row"] for e in kept] == [0, 2]
+    assert "skipped 2 of 4 rows" in caplog.text and "truncated" in caplog.text and "long.wav" in caplog.text
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "processor_config.json").write_text(json.dumps({"feature_extractor": {"n_samples": 480000, "sampling_rate": 16000}}))
+    assert model_window_seconds(str(model)) == 30.0 and model_window_seconds(str(tmp_path / "none")) is None

@@ -142,3 +142,24 @@ def test_the_reference_stays_at_the_stage_start(tmp_path, tiny_model_dir, pair_d
     mask = pairs.loss_mask.bool()
     assert (policy_after - policy_before)[mask].abs().max() > 1e-3
     assert (ref_after - ref_before)[mask].abs().max() < 1e-5
+
+
+def test_bad_pair_rows_stop_the_run_before_the_model_loads(tmp_path, tiny_model_dir, pitch_data, monkeypatch):
+    import audiorl.model
+    from audiorl.rl.config import load_recipe
+    from audiorl.rl.train import train
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "quickstart_dpo_offline.yaml")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "audio": "/nowhere.wav", "chosen": "a", "rejected": "b"}) + "\n")
+    config = load_recipe(recipe, [
+        f"output_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "model.build_tiny=false", "data.synthesize=null",
+        f"data.train={pitch_data['train']}", f"data.eval={pitch_data['eval']}", f"stages.dpo.pairs={pairs}",
+    ])
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model loaded before the pairs were checked")
+
+    monkeypatch.setattr(audiorl.model, "load_audio_lm", no_load)
+    with pytest.raises(DataError, match=rf"{pairs} row 0: audio file '/nowhere.wav' does not exist"):
+        train(config)

@@ -176,8 +176,7 @@ def test_worker_processes_give_the_same_values_and_survive_a_timeout():
         [
             spec("tests.reward_plugins:length_penalty", workers=2),
             spec("tests.reward_plugins:pid", workers=2, weight=0.0),
-            # A call's timeout also covers starting its pool (spawn, imports): seconds on a loaded machine.
-            # 60 s is far above that, and far below the 600 s hang.
+            # Start-up (spawn, imports) does not count against a call's timeout; 60 s is far below the 600 s hang.
             spec(
                 "tests.reward_plugins:slow_on_slow", workers=1, timeout_s=60.0, on_error="skip", kwargs={"delay": 600.0}
             ),
@@ -213,5 +212,47 @@ def test_recipe_reward_options_round_trip(tmp_path):
     options = {"on_error": "skip", "timeout_s": 5, "workers": 2, "batch_size": 4}
     r = load_recipe(write_recipe(tmp_path, [{"name": "cot_format", **options}])).rewards[0]
     assert (r.on_error, r.timeout_s, r.workers, r.batch_size) == ("skip", 5.0, 2, 4)
-    with pytest.raises(ConfigError, match=r"rewards: reward 'cot_format': on_error is 'nope'"):
+    with pytest.raises(ConfigError, match=r"rewards.0: reward 'cot_format': on_error is 'nope'"):
         load_recipe(write_recipe(tmp_path, [{"name": "cot_format", "on_error": "nope"}]))
+
+
+def test_a_reward_that_hangs_on_every_sample_costs_a_few_timeouts_and_its_work_is_killed():
+    """Not one timeout per sample ((n+1) x timeout_s per call before), and no thread or process left running."""
+    import multiprocessing
+    import threading
+
+    threads = threading.active_count()
+    rewards = RewardSet([spec("tests.reward_plugins:hangs", on_error="zero", timeout_s=0.5)])
+    bound = rewards.rewards[0]
+    try:
+        for _ in range(2):
+            scores = rewards.score([f"c{i}" for i in range(8)])
+            assert scores.values[:, 0].tolist() == [0.0] * 8 and scores.errors == {"hangs": 8}
+        # per call: the batch, then two samples re-run alone; the other six are not run
+        assert bound._pool.restarts == 2 * 3
+        assert threading.active_count() == threads  # nothing abandoned in this process
+        alive = [p for p in multiprocessing.active_children() if p.name.startswith("audiorl-reward-")]
+        assert len(alive) <= 1  # the one fresh worker waiting for the next call; every hung one was killed
+    finally:
+        rewards.close()
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("audiorl-reward-")]
+
+
+def test_start_up_does_not_count_against_the_timeout():
+    # The constructor takes 3 s, the timeout is 1 s: were start-up counted, every sample would time out.
+    rewards = RewardSet([spec("tests.reward_plugins:SlowToStart", timeout_s=1.0, on_error="zero", kwargs={"delay": 3.0})])
+    try:
+        assert rewards.score(["a", "b"]).total.tolist() == [1.0, 1.0]
+    finally:
+        rewards.close()
+
+
+def test_one_hung_sample_among_healthy_ones_on_two_workers():
+    rewards = RewardSet([spec("tests.reward_plugins:slow_on_slow", workers=2, timeout_s=5.0, on_error="skip", kwargs={"delay": 3600})])
+    try:
+        scores = rewards.score(["a", "b", "slow", "c", "d"])
+        assert scores.errors == {"slow_on_slow": 1}
+        values = scores.values[:, 0]
+        assert math.isnan(values[2]) and values[[0, 1, 3, 4]].tolist() == [1.0] * 4
+    finally:
+        rewards.close()

@@ -159,6 +159,11 @@ def test_raising_reward_names_itself_and_the_sample():
         ("tests.reward_plugins:returns_too_few", r"returned 1 values for 3 completions"),
         ("tests.reward_plugins:returns_text", r"returned 'good' for sample 0"),
         ("tests.reward_plugins:returns_scalar", r"returned float; it must return a list of 3 numbers"),
+        ("tests.reward_plugins:returns_dict", r"reward 'returns_dict' returned dict; it must return a list of 3 numbers"),
+        ("tests.reward_plugins:returns_set", r"returned set; it must return a list"),
+        ("tests.reward_plugins:returns_huge", r"reward 'returns_huge' returned 1e\+39 for sample 1 \(completion 'b'\); rewards must lie within"),
+        ("tests.reward_plugins:returns_numeric_text", r"returned '1.5' for sample 0"),
+        ("tests.reward_plugins:returns_matrix", r"returned an array of shape \(3, 2\)"),
     ],
 )
 def test_bad_reward_outputs_are_refused(name, match):
@@ -230,3 +235,28 @@ def test_very_long_completion():
     text = "<think>" + "word " * 100_000 + "</think><answer>high</answer>"
     assert label_accuracy([text], ["high"]) == [1.0]
     assert think_length([text], max_length=256) == [0.0]
+
+
+def test_reward_options_are_checked_against_named_parameters_and_declarations():
+    """``**_`` takes dataset columns, not options: an option must be a named parameter or declared."""
+    with pytest.raises(ConfigError, match=r"reward 'think_length' has no parameter 'max_lenght' \(did you mean 'max_length'\?\)"):
+        RewardSet([spec("think_length", max_lenght=5)])
+    with pytest.raises(ConfigError, match=r"length_penalty' has no parameter 'scale'.*it takes no options"):
+        RewardSet([spec("tests.reward_plugins:length_penalty", scale=2)])
+    for name in ("paralinguistic_accuracy", "asr_correctness", "llm_judge", "audiorl.rewards.judge:llm_judge"):
+        with pytest.raises(ConfigError, match=r"has no (constructor )?parameter 'bogus'"):
+            RewardSet([spec(name, bogus=1)])
+    RewardSet([spec("audiorl.rewards.judge:llm_judge", rubric="dialogue")])  # declared: reward_options
+
+    @reward("test_declared_options", options=("scale",))
+    def declared(completions, **options):
+        return [float(options.get("scale", 1))] * len(completions)
+
+    assert RewardSet([spec("test_declared_options", scale=3)]).score(["a"]).total.tolist() == [3.0]
+    with pytest.raises(ConfigError, match=r"has no parameter 'scal' \(did you mean 'scale'\?\)"):
+        RewardSet([spec("test_declared_options", scal=3)])
+
+
+def test_numbers_in_any_flat_sequence_are_accepted():
+    scores = RewardSet([spec("tests.reward_plugins:returns_arrays_and_tuples")]).score(["a", "b", "c"])
+    assert scores.total.tolist() == [1.0, 0.0, -1e9]

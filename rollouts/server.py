@@ -140,17 +140,21 @@ def make_handler(server: RolloutServer) -> type[BaseHTTPRequestHandler]:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="audiorl rollout-server")
-    p.add_argument("--model", required=True, help="Hugging Face-format checkpoint directory (hub layout)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0: any free port (the chosen URL is printed)")
+    p = parser or argparse.ArgumentParser(
+        prog="audiorl rollout-server",
+        description="Serve rollouts of a checkpoint with vLLM over HTTP, for recipes with rollout.vllm.mode: server "
+        "(list the printed URL in rollout.vllm.servers); the trainer sends prompts, audio and new weights.",
+    )
+    p.add_argument("--model", required=True, help="Hugging Face-format checkpoint directory (hub layout, e.g. a run's merged/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other nodes)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, the chosen URL is printed)")
     p.add_argument("--dtype", default="auto", help="auto (the dtype the checkpoint's config names) | float32 | bfloat16 | float16")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for requests that name none (audiorl trainers send theirs)")
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-cache-mb", type=int, default=None, help="KV cache size (default: 256 on CPU)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--max-audio-per-prompt", type=int, default=1)
-    p.add_argument("--clip-cache-mb", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=4096, help="longest prompt + completion in tokens (default 4096)")
+    p.add_argument("--kv-cache-mb", type=int, default=None, help="KV cache size in MB (default: 256 on CPU, from --gpu-memory-utilization on GPU)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory vLLM may take (default 0.9)")
+    p.add_argument("--max-audio-per-prompt", type=int, default=1, help="audio clips one prompt may carry (default 1)")
+    p.add_argument("--clip-cache-mb", type=int, default=1024, help="memory for clips received, kept by content key (default 1024)")
     return p
 
 

@@ -61,9 +61,9 @@ class OmniThinkerLM(AudioLM):
     """What both Omni thinkers share; a subclass names its transformers classes and audio length formula."""
 
     encoder_module = "audio_tower"
-    #: transformers class names: the thinker, and the whole model whose config a release checkpoint has.
+    #: transformers class names: the thinker, and the whole model whose config a release checkpoint has
+    #: (its model_type is the family's name).
     thinker_class: str = ""
-    whole_model_type: str = ""
     whole_architecture: str = ""
     encode_batch_size = 16
     vllm_disabled_modalities = ("image", "video")
@@ -174,7 +174,7 @@ class OmniThinkerLM(AudioLM):
         thinker_config = base_model(model).config
         whole = self.whole_config
         if whole is None:
-            whole_cls = transformers.AutoConfig.for_model(self.whole_model_type).__class__
+            whole_cls = transformers.AutoConfig.for_model(self.family).__class__
             whole = whole_cls(thinker_config=thinker_config.to_dict(), enable_audio_output=False)
         else:
             whole.thinker_config = thinker_config
@@ -200,7 +200,6 @@ class OmniThinkerLM(AudioLM):
 class Qwen25OmniLM(OmniThinkerLM):
     family = "qwen2_5_omni"
     thinker_class = "Qwen2_5OmniThinkerForConditionalGeneration"
-    whole_model_type = "qwen2_5_omni"
     whole_architecture = "Qwen2_5OmniForConditionalGeneration"
     projector_module = "audio_tower.proj"
 
@@ -218,7 +217,6 @@ class Qwen25OmniLM(OmniThinkerLM):
 class Qwen3OmniLM(OmniThinkerLM):
     family = "qwen3_omni_moe"
     thinker_class = "Qwen3OmniMoeThinkerForConditionalGeneration"
-    whole_model_type = "qwen3_omni_moe"
     whole_architecture = "Qwen3OmniMoeForConditionalGeneration"
     projector_module = "audio_tower.proj2"
 

@@ -101,6 +101,23 @@ def build_tokenizer(
     return tok
 
 
+def text_config(spec: TinySpec, vocab_size: int, eos_ids: list[int], pad_id: int) -> dict:
+    """The tiny text LLM's config keys every family shares (untied head, no bos)."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_heads,
+        "max_position_embeddings": spec.max_positions,
+        "tie_word_embeddings": False,
+        "eos_token_id": eos_ids,
+        "pad_token_id": pad_id,
+        "bos_token_id": None,
+    }
+
+
 def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
     """Write a tiny random Qwen2-Audio (model, tokenizer, processor) to ``out_dir``; returns it."""
     from audiorl.model.qwen2_audio import CHAT_TEMPLATE, Qwen2AudioLM
@@ -129,21 +146,7 @@ def build_tiny_qwen2_audio(out_dir: str, seed: int = 0, spec: TinySpec = TinySpe
             "num_mel_bins": 128,
             "max_source_positions": spec.window_seconds * 50,
         },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": vocab,
-            "hidden_size": spec.hidden_size,
-            "intermediate_size": spec.intermediate_size,
-            "num_hidden_layers": spec.num_layers,
-            "num_attention_heads": spec.num_heads,
-            "num_key_value_heads": spec.num_heads,
-            "max_position_embeddings": spec.max_positions,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": False,
-            "eos_token_id": eos_ids,
-            "pad_token_id": pad_id,
-            "bos_token_id": None,
-        },
+        text_config={"model_type": "qwen2", **text_config(spec, vocab, eos_ids, pad_id), "rope_theta": 10000.0},
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     config.pad_token_id = pad_id

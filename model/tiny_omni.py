@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from audiorl.model.tiny import TAG_TOKENS, TinySpec, build_tokenizer
+from audiorl.model.tiny import TAG_TOKENS, TinySpec, build_tokenizer, text_config
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,7 @@ def _thinker_config(family: str, tok, tokens: OmniTokens, spec: TinySpec) -> dic
     eos_ids = [tok.convert_tokens_to_ids("<|im_end|>"), pad_id]
     head_dim = spec.hidden_size // spec.num_heads
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]}
-    text = {
-        "vocab_size": -(-len(tok) // 64) * 64,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.num_heads,
-        "max_position_embeddings": spec.max_positions,
-        "rope_parameters": rope,
-        "tie_word_embeddings": False,
-        "eos_token_id": eos_ids,
-        "pad_token_id": pad_id,
-        "bos_token_id": None,
-    }
+    text = {**text_config(spec, -(-len(tok) // 64) * 64, eos_ids, pad_id), "rope_parameters": rope}
     audio = {
         "d_model": spec.audio_d_model,
         "encoder_layers": spec.audio_layers,
@@ -118,23 +105,24 @@ def _thinker_config(family: str, tok, tokens: OmniTokens, spec: TinySpec) -> dic
     }
     # head_dim 64: the smallest vLLM's CPU attention takes, in the vision tower too
     vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 1, "out_hidden_size": spec.hidden_size}
+    # Qwen2.5-Omni's config names the placeholder ids "*_token_index", Qwen3-Omni's "*_token_id"
+    placeholder = "_token_index" if family == "qwen2_5_omni" else "_token_id"
+    config = {
+        "audio_config": audio,
+        "vision_config": vision,
+        "text_config": text,
+        **{f"{modality}{placeholder}": ids[f"{modality}_token"] for modality in ("audio", "image", "video")},
+        "audio_start_token_id": ids["audio_bos_token"],
+        "audio_end_token_id": ids["audio_eos_token"],
+        "vision_start_token_id": ids["vision_bos_token"],
+        "vision_end_token_id": ids["vision_eos_token"],
+        "user_token_id": tok.convert_tokens_to_ids("user"),
+        "pad_token_id": pad_id,
+    }
     if family == "qwen2_5_omni":
         text["use_sliding_window"] = False
         vision.update(fullatt_block_indexes=[0], window_size=112, patch_size=14)
-        return {
-            "audio_config": audio,
-            "vision_config": vision,
-            "text_config": text,
-            "audio_token_index": ids["audio_token"],
-            "image_token_index": ids["image_token"],
-            "video_token_index": ids["video_token"],
-            "audio_start_token_id": ids["audio_bos_token"],
-            "audio_end_token_id": ids["audio_eos_token"],
-            "vision_start_token_id": ids["vision_bos_token"],
-            "vision_end_token_id": ids["vision_eos_token"],
-            "user_token_id": tok.convert_tokens_to_ids("user"),
-            "pad_token_id": pad_id,
-        }
+        return config
     text.update(
         head_dim=head_dim,
         num_experts=4,
@@ -145,23 +133,10 @@ def _thinker_config(family: str, tok, tokens: OmniTokens, spec: TinySpec) -> dic
     )
     audio.update(n_window=50, n_window_infer=800, conv_chunksize=500, downsample_hidden_size=32)
     # image_size and apply_vit_abs_pos_embed: vLLM reads them (release configs carry them, transformers has no fields)
-    vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0], image_size=128,
-        apply_vit_abs_pos_embed=True,
+    vision.update(
+        patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0], image_size=128, apply_vit_abs_pos_embed=True
     )
-    return {
-        "audio_config": audio,
-        "vision_config": vision,
-        "text_config": text,
-        "audio_token_id": ids["audio_token"],
-        "image_token_id": ids["image_token"],
-        "video_token_id": ids["video_token"],
-        "audio_start_token_id": ids["audio_bos_token"],
-        "audio_end_token_id": ids["audio_eos_token"],
-        "vision_start_token_id": ids["vision_bos_token"],
-        "vision_end_token_id": ids["vision_eos_token"],
-        "user_token_id": tok.convert_tokens_to_ids("user"),
-        "pad_token_id": pad_id,
-    }
+    return config
 
 
 def build_tiny_omni(out_dir: str, family: str = "qwen2_5_omni", seed: int = 0, spec: TinySpec = TinySpec()) -> str:

@@ -18,10 +18,9 @@ import pytest
 import torch
 from audiorl.model.tiny import build_tiny
 
-from tests.test_vllm_rollouts import greedy_ids, require_vllm, rollout_config, start_server
+from tests.test_vllm_rollouts import greedy_ids, rollout_config, run_scenarios, start_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 FAMILIES = ["qwen2_5_omni", "qwen3_omni_moe"]
 
 
@@ -33,14 +32,7 @@ def omni_dir(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def omni_colocated(omni_dir, pitch_data):
     """tests/vllm_scenarios.py on the family's tiny thinker, in its own process."""
-    require_vllm()
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "vllm_scenarios.py"), omni_dir, os.path.dirname(pitch_data["eval"])],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    return run_scenarios(omni_dir, pitch_data)
 
 
 def test_omni_moe_experts_in_training_are_refused_by_the_cpu_weight_sync(omni_dir):

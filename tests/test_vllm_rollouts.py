@@ -34,17 +34,21 @@ def require_vllm() -> None:
 
 
 # ---------------------------------------------------------------- colocated
-@pytest.fixture(scope="module")
-def colocated(tiny_model_dir, pitch_data):
-    """tests/vllm_scenarios.py run once in its own process: its measurements."""
+def run_scenarios(model_dir: str, pitch_data: dict[str, str]) -> dict:
+    """tests/vllm_scenarios.py on ``model_dir`` in its own process: its measurements."""
     require_vllm()
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "vllm_scenarios.py"), tiny_model_dir, os.path.dirname(pitch_data["eval"])],
+        [sys.executable, os.path.join(HERE, "vllm_scenarios.py"), model_dir, os.path.dirname(pitch_data["eval"])],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.fixture(scope="module")
+def colocated(tiny_model_dir, pitch_data):
+    return run_scenarios(tiny_model_dir, pitch_data)
 
 
 @pytest.mark.parametrize("stage", ["initial", "full_update", "lora_first_sync", "lora_incremental_sync"])

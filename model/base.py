@@ -56,6 +56,10 @@ class AudioLM(abc.ABC):
         self.processor = processor
         self.path = path
 
+    #: think mode (``model.think``): every reply opens with ``<think>\n`` (Step-Audio-2-mini-Think's prefix), written
+    #: at the end of the prompt; rewards see the reply with it.
+    think: bool = False
+
     #: modalities the vLLM model accepts besides audio, turned off for rollouts (none for audio-only families).
     vllm_disabled_modalities: tuple[str, ...] = ()
 
@@ -101,9 +105,18 @@ class AudioLM(abc.ABC):
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         """Chat-template text with one placeholder per audio part."""
 
+    @property
+    def generation_prefix(self) -> str:
+        """Text the reply opens with, already in the prompt (``<think>\n`` in think mode)."""
+        return "<think>\n" if self.think else ""
+
     @abc.abstractmethod
     def audio_token_count(self, num_samples: int) -> int:
         """How many placeholder tokens a clip of ``num_samples`` (16 kHz) expands to."""
+
+    def audio_ids(self, num_samples: int) -> list[int]:
+        """The ids a clip's one placeholder expands to in a prompt (a family may interleave chunk markers)."""
+        return [self.audio_placeholder_id] * self.audio_token_count(num_samples)
 
     @property
     def max_audio_samples(self) -> int:
@@ -113,6 +126,8 @@ class AudioLM(abc.ABC):
     def prompt_ids(self, messages: Messages, clips: Sequence[Clip], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered prompt with each audio placeholder expanded for its clip."""
         text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        if add_generation_prompt:
+            text += self.generation_prefix
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         slots = [i for i, t in enumerate(ids) if t == self.audio_placeholder_id]
         if len(slots) != len(clips):
@@ -125,7 +140,7 @@ class AudioLM(abc.ABC):
                     f"audio '{clip.source}' is {clip.num_samples / SAMPLE_RATE:.1f} s long; this model reads at most "
                     f"{self.max_audio_samples / SAMPLE_RATE:.0f} s per clip (split it, or trim it in the data)"
                 )
-            out += ids[start:slot] + [self.audio_placeholder_id] * self.audio_token_count(clip.num_samples)
+            out += ids[start:slot] + self.audio_ids(clip.num_samples)
             start = slot + 1
         return out + ids[start:]
 
@@ -188,6 +203,23 @@ class AudioLM(abc.ABC):
         backbone needs more (Omni's multimodal rotary positions) adds it.
         """
         return {"inputs_embeds": self.embed(model, input_ids, audio_embeds), "attention_mask": attention_mask}
+
+    @property
+    def audio_pad_code(self) -> int | None:
+        """The speech code that only pads the audio stream of an interleaved reply (None: no such code)."""
+        return None
+
+    def audio_codes(self, token_ids: Sequence[int]) -> list[int]:
+        """The speech codes of a completion (ids in ``audio_output_token_range`` less its start), pads dropped."""
+        span = self.audio_output_token_range
+        if span is None:
+            return []
+        pad = self.audio_pad_code
+        return [int(t) - span[0] for t in token_ids if span[0] <= t < span[1] and int(t) - span[0] != pad]
+
+    def completion_text(self, text: str) -> str:
+        """A sampled reply as rewards see it: with the ``generation_prefix`` the prompt opened it with."""
+        return self.generation_prefix + text
 
     def think_token_ids(self) -> tuple[int, int] | None:
         """Ids of ``<think>`` and ``</think>`` when each is one token, else None."""

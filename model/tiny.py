@@ -57,6 +57,7 @@ def build_tokenizer(
     special_tokens: list[str] | None = None,
     named_tokens: dict[str, str] | None = None,
     chat_template: str | None = None,
+    eos_token: str = "<|im_end|>",
 ):
     """Byte-level BPE with Qwen2's pre-tokenizer, trained deterministically on the embedded text.
 
@@ -91,7 +92,7 @@ def build_tokenizer(
         vocab=vocab,
         merges=merges,
         unk_token=None,
-        eos_token="<|im_end|>",
+        eos_token=eos_token,
         pad_token="<|endoftext|>",
         model_max_length=32768,
         model_specific_special_tokens=named_tokens or None,
@@ -170,11 +171,19 @@ def _tiny_omni(family: str):
     return build
 
 
+def _tiny_step_audio2(out_dir: str, seed: int = 0) -> str:
+    from audiorl.model.tiny_step_audio2 import build_tiny_step_audio2
+
+    return build_tiny_step_audio2(out_dir, seed=seed)
+
+
 #: family -> builder of its tiny random model (``audiorl make-tiny OUT --family F``, ``model.tiny_family``).
 TINY_FAMILIES = {
     "qwen2_audio": build_tiny_qwen2_audio,
     "qwen2_5_omni": _tiny_omni("qwen2_5_omni"),
     "qwen3_omni_moe": _tiny_omni("qwen3_omni_moe"),
+    "step_audio2": _tiny_step_audio2,
+    "step_audio_2": _tiny_step_audio2,  # the family's model_type spelling
 }
 
 

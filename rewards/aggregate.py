@@ -17,7 +17,8 @@ import numpy as np
 from audiorl.common.errors import ConfigError, RewardError
 from audiorl.data.audio import SAMPLE_RATE, AudioStore
 from audiorl.rewards.calling import EXECUTION_OPTIONS, BoundReward
-from audiorl.rewards.registry import check_signature, required_columns, resolve_reward
+from audiorl.rewards.registry import PART_ARGS, check_signature, required_columns, resolve_reward
+from audiorl.rewards.text import as_text, strip_thinking, thinking
 
 # A weighted sum beyond this overflows float32 statistics (the group std squares it): reward_std
 # becomes inf/NaN and the loss 0, silently. Rewards are bounded in calling.py (MAX_REWARD).
@@ -44,6 +45,15 @@ class RewardScores:
             col = self.values[:, j]
             out[name] = float(np.nanmean(col)) if (~np.isnan(col)).any() else math.nan
         return out
+
+
+def completion_parts(completions: Sequence, audio_codes: Sequence[Sequence[int]] | None = None) -> dict[str, list]:
+    """Each completion's think text (None without one), answer text (the rest) and speech codes."""
+    texts = [as_text(c) for c in completions]
+    codes = [list(c) for c in audio_codes] if audio_codes is not None else [[] for _ in texts]
+    if len(codes) != len(texts):
+        raise ValueError(f"{len(codes)} audio-code lists for {len(texts)} completions")
+    return {"thinks": [thinking(t) for t in texts], "answers": [strip_thinking(t).strip() for t in texts], "audio_codes": codes}
 
 
 class RewardSet:
@@ -96,7 +106,9 @@ class RewardSet:
         completions: Sequence[str],
         prompts: Sequence[str] | None = None,
         columns: Mapping[str, Sequence] | None = None,
+        audio_codes: Sequence[Sequence[int]] | None = None,
     ) -> RewardScores:
+        """``audio_codes``: each completion's speech codes (none given: text replies)."""
         columns = dict(columns or {})
         n = len(completions)
         for key, values in columns.items():
@@ -119,6 +131,9 @@ class RewardSet:
                 samples["waveforms"] = waveforms
             if r.accepts("sampling_rate"):
                 constants["sampling_rate"] = SAMPLE_RATE
+            if any(r.accepts(arg) for arg in PART_ARGS):
+                parts = completion_parts(completions, audio_codes)
+                samples.update({arg: parts[arg] for arg in PART_ARGS if r.accepts(arg)})
             values[:, j], failed = r(samples, constants)
             if failed:
                 errors[r.name] = failed

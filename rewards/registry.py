@@ -6,7 +6,8 @@ It receives the completion texts, ``prompts`` (the rendered prompt texts) and ev
 it names as a parameter (or all of them through ``**kwargs``), each as a list aligned with
 ``completions``, plus the constructor arguments given in YAML under ``kwargs``. A reward that names
 ``waveforms`` gets each sample's input audio (a list of float32 arrays at ``sampling_rate`` Hz,
-which it may also name) read from the ``audio`` column.
+which it may also name) read from the ``audio`` column. A reward that names ``thinks``,
+``answers`` or ``audio_codes`` gets that part of each completion (``PART_ARGS``).
 
 The YAML ``kwargs`` of a reward are its options: each must be a named parameter of the function
 (of a class: its constructor), else the recipe is refused with the nearest option's name. A
@@ -46,9 +47,14 @@ REWARDS: Registry[RewardFn] = Registry("reward")
 ENTRY_POINT_GROUP = "audiorl.rewards"
 
 #: Arguments the runtime passes; a reward gets them by naming them. Anything else it requires must be a dataset column.
-RUNTIME_ARGS = ("completions", "prompts", "waveforms", "sampling_rate")
-#: Runtime arguments passed only to rewards that name them (not through ``**kwargs``): they cost something to build.
-ON_REQUEST_ARGS = ("waveforms", "sampling_rate")
+#: A completion's parts, for rewards that score one of them: ``thinks`` (the ``<think>`` text or None),
+#: ``answers`` (the rest of its text: the interleaved speech text of a spoken reply included) and
+#: ``audio_codes`` (its speech codes, pads dropped; empty for a text reply).
+PART_ARGS = ("thinks", "answers", "audio_codes")
+RUNTIME_ARGS = ("completions", "prompts", "waveforms", "sampling_rate", *PART_ARGS)
+#: Runtime arguments passed only to rewards that name them (not through ``**kwargs``): they cost something to
+#: build, or would reach every ``**kwargs`` catch-all.
+ON_REQUEST_ARGS = ("waveforms", "sampling_rate", *PART_ARGS)
 
 
 def reward(name: str, options: tuple[str, ...] | None = None) -> Callable[[RewardFn], RewardFn]:

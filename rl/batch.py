@@ -20,18 +20,21 @@ TEXT, THINK, AUDIO = 0, 1, 2
 TOKEN_ROLES = {"text": TEXT, "think": THINK, "audio": AUDIO}
 
 
-def token_roles(ids: torch.Tensor, think_ids: tuple[int, int] | None = None, audio_range: tuple[int, int] | None = None) -> torch.Tensor:
+def token_roles(
+    ids: torch.Tensor, think_ids: tuple[int, int] | None = None, audio_range: tuple[int, int] | None = None, think_open: bool = False
+) -> torch.Tensor:
     """Each token's role (TEXT, THINK or AUDIO) in completions ``ids`` ``[B, T]``.
 
     THINK: from a ``<think>`` token through its ``</think>``, both included (an unclosed think runs
-    to the end). AUDIO: ids in ``audio_range`` (the family's audio-output codes). Else TEXT.
+    to the end); ``think_open``: the prompt opened the think (think mode), so it runs from the first
+    token. AUDIO: ids in ``audio_range`` (the family's audio-output codes). Else TEXT.
 
     >>> token_roles(torch.tensor([[5, 1, 6, 2, 7, 9]]), think_ids=(1, 2), audio_range=(9, 10)).tolist()
     [[0, 1, 1, 1, 0, 2]]
     """
     roles = torch.full_like(ids, TEXT)
     if think_ids is not None:
-        opened = torch.cumsum(ids == think_ids[0], dim=1)
+        opened = torch.cumsum(ids == think_ids[0], dim=1) + int(think_open)
         closed_before = torch.cumsum(ids == think_ids[1], dim=1) - (ids == think_ids[1]).long()
         roles = torch.where(opened > closed_before, torch.full_like(ids, THINK), roles)
     if audio_range is not None:
@@ -78,10 +81,11 @@ class RolloutBatch:
     clips: list[list[Clip]]  # each row's clips
     rows: list[dict[str, Any]]  # the data row each completion answers (reward columns)
     group_ids: torch.Tensor  # [N] rows with the same id answer the same prompt
-    texts: list[str]  # completions decoded for the rewards
+    texts: list[str]  # completions decoded for the rewards (with the prompt's generation prefix)
     finished: torch.Tensor  # [N] bool: ended with a stop token
     sampling_logps: torch.Tensor | None = None  # [N, C] the rollout engine's log-probs (NaN: none)
     loss_mask: torch.Tensor | None = None  # [N, C] tokens in the loss (default: completion_mask)
+    audio_codes: list[list[int]] = field(default_factory=list)  # each row's speech codes (empty: text replies)
     reward_names: list[str] = field(default_factory=list)
     rewards: torch.Tensor | None = None  # [N, k] each reward's value, NaN where it did not apply
     total: torch.Tensor | None = None  # [N] weighted sum, NaN where no reward applied

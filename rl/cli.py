@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", help="directory to write the checkpoint to (hub layout: transformers and vLLM load it)")
     p.add_argument(
-        "--family", default="qwen2_audio", choices=["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe"],
+        "--family", default="qwen2_audio", choices=["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe", "step_audio2"],
         help="model family (default qwen2_audio)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")

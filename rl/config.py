@@ -30,13 +30,16 @@ from omegaconf.errors import (
 class ModelConfig:
     path: str = MISSING  # local Hugging Face-format directory of the audio LLM
     build_tiny: bool = False  # write one of audiorl's tiny random models to `path` first if it is not there
-    tiny_family: str = "qwen2_audio"  # which: qwen2_audio | qwen2_5_omni | qwen3_omni_moe
+    tiny_family: str = "qwen2_audio"  # which: qwen2_audio | qwen2_5_omni | qwen3_omni_moe | step_audio2
     tiny_seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     freeze_audio_encoder: bool = True  # as in Step-Audio 2; frozen encoder outputs are cached across steps
     train_projector: bool = False  # also train the audio adaptor (saved with the LoRA adapter)
     audio_cache_mb: int = 1024  # memory for cached audio-encoder outputs
+    # think mode: every reply opens with "<think>\n", written at the end of the prompt (Step-Audio-2-mini-Think's
+    # prefix); rewards see the reply with it, and SFT completions that start with it lose it (the prompt has it)
+    think: bool = False
 
 
 @dataclass

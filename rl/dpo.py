@@ -67,7 +67,8 @@ class DPOStage:
 
     # ----------------------------------------------------------------- pairs
     def _loss_mask(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        roles = token_roles(ids, self.think_ids, self.run_.lm.audio_output_token_range)
+        lm = self.run_.lm
+        roles = token_roles(ids, self.think_ids, lm.audio_output_token_range, think_open=lm.think)
         return role_mask(roles, self.config.loss_on) * mask
 
     def _build(self, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], clips: list) -> PairBatch:

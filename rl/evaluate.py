@@ -25,9 +25,11 @@ def evaluate(
     """Mean of each reward over greedy completions of ``rows``, as ``{"eval/<reward>": value}``."""
     requests = [prompts.request(row["prompt"], n=1, row=row.get("_row")) for row in rows]
     completions = [c[0] for c in engine.generate(requests, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))]
-    texts = [c.text for c in completions]
+    lm = prompts.lm
+    texts = [lm.completion_text(c.text) for c in completions]
     columns = reward_columns(rows)
-    scores = rewards.score(texts, [row.get("prompt_text") for row in rows], columns)
+    codes = [lm.audio_codes(c.token_ids) for c in completions]
+    scores = rewards.score(texts, [row.get("prompt_text") for row in rows], columns, audio_codes=codes)
     if samples_path:
         with open(samples_path, "w") as f:
             for row, text, total in zip(rows, texts, scores.total):

@@ -45,7 +45,13 @@ class PromptEncoder:
         return list(ids), clips
 
     def completion_ids(self, text: str) -> list[int]:
-        """A written completion's token ids as the model would emit it: its text tokens, then the stop token."""
+        """A written completion's token ids as the model would emit it: its text tokens, then the stop token.
+
+        A text that opens with the ``generation_prefix`` (think mode's ``<think>\n``) loses it: the prompt has it.
+        """
+        prefix = self.lm.generation_prefix
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix) :]
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.lm.eos_token_ids[0]]
 
     def request(self, messages: list[dict[str, Any]], n: int = 1, row: int | None = None) -> RolloutRequest:

@@ -41,7 +41,7 @@ class Rollouts:
             results = self.engine.generate(requests, sampling or self.sampling)
         finally:
             self.engine.release()
-        prompt_ids, completion_ids, logprobs, clips, data_rows, groups, texts, finished = [], [], [], [], [], [], [], []
+        prompt_ids, completion_ids, logprobs, clips, data_rows, groups, texts, finished, codes = [], [], [], [], [], [], [], [], []
         for g, (row, request, completions) in enumerate(zip(rows, requests, results)):
             for c in completions:
                 prompt_ids.append(request.prompt_ids)
@@ -50,7 +50,8 @@ class Rollouts:
                 clips.append(list(request.clips))
                 data_rows.append(row)
                 groups.append(g)
-                texts.append(c.text)
+                texts.append(self.lm.completion_text(c.text))
+                codes.append(self.lm.audio_codes(c.token_ids))
                 finished.append(c.finished)
         pad_id = self.lm.tokenizer.pad_token_id
         p_ids, p_mask = pad(prompt_ids, pad_id, left=True)
@@ -59,6 +60,7 @@ class Rollouts:
         return RolloutBatch(
             prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask, clips=clips, rows=data_rows,
             group_ids=torch.tensor(groups), texts=texts, finished=torch.tensor(finished, dtype=torch.bool), sampling_logps=sampling_logps,
+            audio_codes=codes,
         )
 
 
@@ -69,7 +71,9 @@ def reward_columns(rows: Sequence[dict[str, Any]]) -> dict[str, list]:
 
 def score(batch: RolloutBatch, rewards: RewardSet) -> RewardScores:
     """Score every completion of ``batch`` with ``rewards``; the values land on the batch."""
-    scores = rewards.score(batch.texts, [row.get("prompt_text") for row in batch.rows], reward_columns(batch.rows))
+    scores = rewards.score(
+        batch.texts, [row.get("prompt_text") for row in batch.rows], reward_columns(batch.rows), audio_codes=batch.audio_codes or None
+    )
     batch.reward_names = list(scores.names)
     batch.rewards = torch.tensor(scores.values, dtype=torch.float32)
     batch.total = torch.tensor(scores.total, dtype=torch.float32)

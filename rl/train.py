@@ -174,6 +174,7 @@ class RLRecipe:
         precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
         self.accelerator = Accelerator(cpu=self.device == "cpu", mixed_precision=precision)
         self.lm = load_audio_lm(cfg.model.path, dtype=cfg.model.dtype, device=self.device)
+        self.lm.think = cfg.model.think
         self.lm.audio_encoder().requires_grad_(not cfg.model.freeze_audio_encoder)
         self.embedder = AudioEmbedder(self.lm, self.store, cache_bytes=cfg.model.audio_cache_mb << 20)
         self.forward = AudioForward(self.lm, self.embedder, autocast=self.accelerator.autocast)

@@ -253,7 +253,7 @@ def _column(columns: Mapping[str, Sequence], name: str, option: str, where: str,
 
 
 class SpeechReward:
-    """What the three rewards share: options checked, codes checked and synthesised, ``no_audio`` applied."""
+    """What the three rewards share: codes checked and synthesised (once per process), ``no_audio`` applied."""
 
     NAME = "speech"
 
@@ -421,7 +421,9 @@ class SpeechASRError(SpeechReward):
     (a TTS data set's ``transcript``) with rewards/asr.py's ``metric`` (default ``cer``: verl-omni's
     exp(-2.5 * CER)) and normalisation for ``language`` (a code, or None: guessed from the reference).
     Values lie in (0, 1]. A reply without codes: ``no_audio`` (``none``: not applicable; ``zero``).
-    ``generate_kwargs`` go to ``generate`` (Whisper: ``{language: en, task: transcribe}``).
+    ``generate_kwargs`` go to ``generate`` (Whisper: ``{language: en, task: transcribe}``); Whisper
+    reads the first 30 s of a reply (its window). Transcription is greedy, ``batch_size`` replies at a
+    time on ``device``.
     """
 
     NAME = "speech_asr_error"

@@ -15,11 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from audiorl.common.errors import ConfigError, RewardError
+from audiorl.common.errors import ConfigError, RewardError, collect_missing_inputs
 from audiorl.data.audio import resample, save_audio
 from audiorl.rewards import REWARDS, RewardSet, audio_output
 from audiorl.rewards.asr import error_rate
 from audiorl.rewards.audio_output import SpeakerSimilarity, SpeechASRError, SpeechEmotion, tone_vocoder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TONE = "audiorl.rewards.audio_output:tone_vocoder"
 HERE = __file__
@@ -205,6 +207,19 @@ def test_asr_reward_reference_column_and_text_only_replies(checkpoints):
     assert reward([], audio_codes=[], transcript=[]) == []
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    answers=st.lists(st.text(max_size=60), min_size=1, max_size=3),
+    codes=st.lists(st.lists(st.integers(0, 6560), max_size=30), min_size=3, max_size=3),
+)
+def test_asr_reward_stays_in_range_on_any_text_and_codes(checkpoints, answers, codes):
+    reward = SpeechASRError(asr_model=checkpoints.asr, vocoder=TONE, max_new_tokens=8)
+    codes = codes[: len(answers)]
+    for value, row in zip(reward(["c"] * len(answers), audio_codes=codes, answers=answers), codes):
+        assert (value is None) == (not row)
+        assert value is None or 0.0 < value <= 1.0
+
+
 def test_asr_reward_with_a_ctc_model(checkpoints):
     import torch
     from transformers import AutoFeatureExtractor, AutoTokenizer, Wav2Vec2ForCTC
@@ -228,6 +243,12 @@ def test_asr_reward_through_a_reward_set(checkpoints):
     heard = transcripts_of(checkpoints.asr, [HIGH])[0]
     scores = rewards.score(["c0", "c1"], columns={"audio_codes": [HIGH, []], "answers": [heard, "text only"]})
     assert scores.values[0, 0] == 1.0 and math.isnan(scores.values[1, 0])
+
+
+def test_validate_lists_a_missing_checkpoint_without_failing():
+    with collect_missing_inputs() as notes:  # `audiorl validate` on a machine without the checkpoints
+        SpeechASRError.check_kwargs(asr_model="/cluster/whisper", vocoder="/cluster/voc.py:token2wav")
+    assert len(notes) == 2 and "asr_model: '/cluster/whisper'" in notes[0] and "file '/cluster/voc.py'" in notes[1]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Write your own as ``fn(completions, **columns) -> list[float | None]`` and name 
 register it with ``@audiorl.rewards.reward("name")``.
 """
 
-from audiorl.rewards import asr, builtin, judge, paralinguistic, preference  # noqa: F401  (register the built-ins)
+from audiorl.rewards import asr, audio_output, builtin, judge, paralinguistic, preference  # noqa: F401  (register the built-ins)
 from audiorl.rewards.aggregate import RewardScores, RewardSet
 from audiorl.rewards.registry import REWARDS, plugin_rewards, resolve_reward, reward
 

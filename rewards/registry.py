@@ -81,10 +81,10 @@ def plugin_rewards() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _from_file(name: str) -> object:
+def _from_file(name: str, where: str) -> object:
     path, _, attr = name.rpartition(":")
     if not os.path.isfile(path):
-        raise ConfigError(f"reward '{name}': file '{path}' does not exist")
+        raise ConfigError(f"{where}: file '{path}' does not exist")
     path = os.path.abspath(path)
     # One module per file, named after its path, so the file is executed once and its classes pickle by name.
     module_name = "audiorl_reward_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
@@ -97,10 +97,30 @@ def _from_file(name: str) -> object:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise ConfigError(f"reward '{name}': importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"{where}: importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, attr):
-        raise ConfigError(f"reward '{name}': '{path}' defines no '{attr}'")
+        raise ConfigError(f"{where}: '{path}' defines no '{attr}'")
     return getattr(module, attr)
+
+
+def import_callable(name: str, where: str) -> object:
+    """``path/to/file.py:name`` (relative to the working directory) or ``package.module:name``.
+
+    Raises ConfigError starting with ``where`` (e.g. "reward 'x': vocoder 'mod:fn'") when it cannot
+    be imported or is not callable. Rewards use it for the hooks their options name.
+    """
+    if ":" not in name:
+        raise ConfigError(f"{where}: '{name}' is not of the form 'package.module:function' or 'path/file.py:function'")
+    if name.rpartition(":")[0].endswith(".py"):
+        fn = _from_file(name, where)
+    else:
+        try:
+            fn = import_object(name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{where} could not be imported: {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"{where} is not callable")
+    return fn
 
 
 def resolve_reward(name: str) -> RewardFn:
@@ -117,13 +137,8 @@ def resolve_reward(name: str) -> RewardFn:
             raise ConfigError(f"reward '{name}' (entry point {plugins[name].value}) could not be loaded: {exc}") from exc
     elif ":" not in name:
         REWARDS.get(name)  # raises with the registered names and the nearest one
-    elif name.rpartition(":")[0].endswith(".py"):
-        fn = _from_file(name)
     else:
-        try:
-            fn = import_object(name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"reward '{name}' could not be imported: {exc}") from exc
+        return import_callable(name, f"reward '{name}'")
     if not callable(fn):
         raise ConfigError(f"reward '{name}' is not callable")
     return fn

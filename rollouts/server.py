@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from audiorl.data.audio import WaveCache
 from audiorl.rollouts import wire
-from audiorl.rollouts.vllm_worker import VLLMWorker, WorkerPrompt, vllm_environment
+from audiorl.rollouts.vllm_worker import VLLMWorker, WorkerPrompt, placeholder_options, vllm_environment
 
 
 class RolloutServer:
@@ -190,7 +190,7 @@ def serve(args: argparse.Namespace) -> None:
         disabled_modalities=lm.vllm_disabled_modalities,
         stop_token_ids=lm.eos_token_ids,
         suppress_token_ids=lm.special_input_token_ids,
-        placeholder_id=lm.audio_placeholder_id,
+        **placeholder_options(lm),
     )
     info = {
         "model": args.model,

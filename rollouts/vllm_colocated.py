@@ -9,7 +9,7 @@ from typing import Any
 
 from audiorl.rollouts.base import Completion, RolloutEngine, RolloutRequest, SamplingParams
 from audiorl.rollouts.sync import WeightSync
-from audiorl.rollouts.vllm_worker import VLLMWorker, WorkerPrompt
+from audiorl.rollouts.vllm_worker import VLLMWorker, WorkerPrompt, placeholder_options
 from torch import nn
 
 
@@ -28,7 +28,7 @@ def worker_options(lm: Any, config: Any, seed: int) -> dict[str, Any]:
         "disabled_modalities": lm.vllm_disabled_modalities,
         "stop_token_ids": lm.eos_token_ids,
         "suppress_token_ids": lm.special_input_token_ids,
-        "placeholder_id": lm.audio_placeholder_id,
+        **placeholder_options(lm),
     }
 
 

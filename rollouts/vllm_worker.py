@@ -5,6 +5,8 @@ What it takes care of, each learnt the hard way:
 
 * Prompts go in as token ids with ONE placeholder per clip: vLLM expands the placeholder itself
   from the audio it is given; ids that audiorl already expanded would be expanded a second time.
+  A clip's expansion is the family's (``AudioLM.audio_ids``: Step-Audio 2 puts chunk markers
+  between its 25 s runs), collapsed exactly or refused.
 * Every sampled completion is its own request with its own seed (``seed``, call, prompt, index):
   results do not depend on batching, on how requests are split over servers, or on vLLM's
   handling of ``n > 1`` with a seed.
@@ -17,7 +19,7 @@ What it takes care of, each learnt the hard way:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +40,49 @@ class WorkerPrompt:
     n: int = 1
 
 
-def collapse_placeholders(ids: Sequence[int], placeholder_id: int) -> list[int]:
-    """Runs of the audio placeholder -> one placeholder (vLLM expands it again from the audio)."""
+def collapse_placeholders(
+    ids: Sequence[int], placeholder_id: int, clip_ids: Sequence[Sequence[int]] | None = None
+) -> list[int]:
+    """Each clip's placeholders -> one placeholder (vLLM expands it again from the audio).
+
+    Without ``clip_ids`` a clip is one run of placeholders. With them (what each clip's one
+    placeholder expands to in the trainer's prompt, ``AudioLM.audio_ids``, in prompt order) a clip
+    may interleave other ids with its placeholders (Step-Audio 2: ``<audio_end><audio_start>``
+    between its 25 s chunk runs), and a clip whose ids are not the expected ones is an error, not
+    a silent shift of the audio against the tokens.
+    """
+    ids = [int(t) for t in ids]
     out: list[int] = []
-    for t in ids:
-        if t == placeholder_id and out and out[-1] == placeholder_id:
+    i, clip = 0, 0
+    while i < len(ids):
+        if ids[i] != placeholder_id:
+            out.append(ids[i])
+            i += 1
             continue
-        out.append(int(t))
+        if clip_ids is None:
+            while i < len(ids) and ids[i] == placeholder_id:
+                i += 1
+        else:
+            if clip >= len(clip_ids):
+                raise ValueError(f"the prompt holds more audio placeholders than its {len(clip_ids)} clip(s)")
+            expected = [int(t) for t in clip_ids[clip]]
+            end = i + len(expected)
+            if ids[i:end] != expected or (end < len(ids) and ids[end] == placeholder_id):
+                raise ValueError(
+                    f"audio clip {clip}: the prompt's placeholder ids at {i} are not the {len(expected)} its audio expands to"
+                )
+            i = end
+        out.append(placeholder_id)
+        clip += 1
+    if clip_ids is not None and clip != len(clip_ids):
+        raise ValueError(f"the prompt holds {clip} clip(s)' placeholders for {len(clip_ids)} clip(s)")
     return out
+
+
+def placeholder_options(lm: Any) -> dict[str, Any]:
+    """``VLLMWorker``'s placeholder keywords for ``lm``: the placeholder id, and what each clip's one
+    placeholder expands to (vLLM's model of the family expands it to the same ids)."""
+    return {"placeholder_id": lm.audio_placeholder_id, "audio_ids": lm.audio_ids}
 
 
 def vllm_environment() -> None:
@@ -72,6 +109,8 @@ class VLLMWorker:
         stop_token_ids: Sequence[int] = (),
         suppress_token_ids: Sequence[int] = (),
         placeholder_id: int,
+        audio_ids: Callable[[int], Sequence[int]] | None = None,
+        engine_options: dict[str, Any] | None = None,
     ):
         vllm_environment()
         from vllm import LLM
@@ -101,10 +140,12 @@ class VLLMWorker:
         self.sleep_mode = bool(sleep_mode and on_gpu)
         if self.sleep_mode:
             options["enable_sleep_mode"] = True
+        options.update(engine_options or {})  # more of vLLM's own options (tests: enable_lora)
         self.llm = LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
         self.seed = seed
         self.placeholder_id = placeholder_id
+        self.audio_ids = audio_ids
         self.stop_token_ids = list(stop_token_ids)
         self.logit_bias = {int(t): _SUPPRESS for t in suppress_token_ids}
         self.asleep = False
@@ -133,7 +174,7 @@ class VLLMWorker:
         self.calls += 1
         inputs, sampling, owners = [], [], []
         for i, prompt in enumerate(prompts):
-            ids = collapse_placeholders(prompt.prompt_ids, self.placeholder_id)
+            ids = self.collapse(prompt)
             request: dict[str, Any] = {"prompt_token_ids": ids}
             if prompt.waves:
                 audio = [(np.asarray(w, dtype=np.float32), SAMPLE_RATE) for w in prompt.waves]
@@ -160,6 +201,11 @@ class VLLMWorker:
         for owner, output in zip(owners, outputs):
             results[owner].append(self._completion(output.outputs[0]))
         return results
+
+    def collapse(self, prompt: WorkerPrompt) -> list[int]:
+        """The prompt as vLLM takes it: one placeholder per clip."""
+        clip_ids = None if self.audio_ids is None else [self.audio_ids(len(w)) for w in prompt.waves]
+        return collapse_placeholders(prompt.prompt_ids, self.placeholder_id, clip_ids)
 
     def _completion(self, out: Any) -> Completion:
         ids = list(out.token_ids)

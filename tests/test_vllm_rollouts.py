@@ -33,13 +33,19 @@ def require_vllm() -> None:
     import vllm  # noqa: F401
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a vLLM subprocess: this checkout first, the caller's PYTHONPATH kept (a worktree
+    imported as ``audiorl`` through it stays the code under test)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+
+
 # ---------------------------------------------------------------- colocated
 def run_scenarios(model_dir: str, pitch_data: dict[str, str]) -> dict:
     """tests/vllm_scenarios.py on ``model_dir`` in its own process: its measurements."""
     require_vllm()
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "vllm_scenarios.py"), model_dir, os.path.dirname(pitch_data["eval"])],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True, text=True, timeout=900, env=subprocess_env(),
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
@@ -89,7 +95,7 @@ def start_server(model_dir: str) -> tuple[subprocess.Popen, str]:
     require_vllm()
     proc = subprocess.Popen(
         [sys.executable, "-m", "audiorl.rl.cli", "rollout-server", "--model", model_dir, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(),
     )
     deadline = time.monotonic() + 600
     lines = []

@@ -26,7 +26,6 @@ def main() -> None:
     from audiorl.rollouts import SamplingParams
     from audiorl.rollouts.hf import HFRolloutEngine
     from audiorl.rollouts.vllm_colocated import VLLMColocatedEngine
-    from audiorl.rollouts.vllm_worker import collapse_placeholders
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
@@ -109,7 +108,7 @@ def main() -> None:
     worst = 0.0
     for request in requests[:3]:
         prompt = vllm_prompt(store, request)
-        ids = collapse_placeholders(prompt.prompt_ids, lm.audio_placeholder_id)
+        ids = vllm.worker.collapse(prompt)  # one placeholder per clip, as the worker sends it
         scored = vllm.worker.llm.generate(
             [{"prompt_token_ids": ids, "multi_modal_data": {"audio": (prompt.waves[0], 16000)}}],
             VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False,

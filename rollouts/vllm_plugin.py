@@ -4,6 +4,11 @@ vLLM finds it through the ``vllm.general_plugins`` entry point that installing a
 (pyproject.toml), and runs ``register`` in every process it starts, its model-inspection
 subprocess included: no fork of vLLM, no PYTHONPATH tricks, no import-order tricks in the trainer.
 
+Out-of-tree models: Step-Audio 2 (``StepAudio2ForCausalLM``), which stock vLLM lacks, is served by
+audiorl's vLLM model (rollouts/vllm_step_audio2.py), registered by "module:Class" name so that vLLM
+imports it only for a Step-Audio 2 checkpoint; its transformers config class is registered too
+(the release's ``auto_map`` needs ``trust_remote_code``, which audiorl never sets).
+
 CPU compatibility (Qwen2.5-Omni, Qwen3-Omni and every other vLLM model built on ``qwen2_vl``):
 only CUDA builds of torchvision exist, and the install removes it on CPU (it breaks transformers'
 image utils beside a CPU torch). Two things then fail, both about images and video, which audio
@@ -34,11 +39,28 @@ def torchvision_available() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
 
+#: Architectures stock vLLM lacks, served by audiorl's own vLLM models (imported by vLLM only when used).
+OUT_OF_TREE_MODELS = {"StepAudio2ForCausalLM": "audiorl.rollouts.vllm_step_audio2:StepAudio2ForCausalLM"}
+
+
 def register() -> None:
     """vLLM's plugin hook (may run several times per process)."""
+    _register_models()
     if not torchvision_available():
         _alias_pil_image_processor()
         _omni_processors_without_video()
+
+
+def _register_models() -> None:
+    """audiorl's config classes for transformers and its vLLM models by name (both idempotent)."""
+    from vllm import ModelRegistry
+
+    from audiorl.model.step_audio2_modeling import register_auto_classes
+
+    register_auto_classes()  # idempotent
+    for arch, target in OUT_OF_TREE_MODELS.items():
+        if arch not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(arch, target)
 
 
 def _alias_pil_image_processor() -> None:

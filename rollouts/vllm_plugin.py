@@ -53,9 +53,8 @@ def register() -> None:
 
 def _register_models() -> None:
     """audiorl's config classes for transformers and its vLLM models by name (both idempotent)."""
-    from vllm import ModelRegistry
-
     from audiorl.model.step_audio2_modeling import register_auto_classes
+    from vllm import ModelRegistry
 
     register_auto_classes()  # idempotent
     for arch, target in OUT_OF_TREE_MODELS.items():

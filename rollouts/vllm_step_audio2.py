@@ -26,9 +26,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from audiorl.model import step_audio2_modeling as sa2
 from torch import nn
 from transformers import BatchFeature
-
 from vllm.config import VllmConfig
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.inputs import MultiModalDataDict
@@ -57,8 +57,6 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 from vllm.sequence import IntermediateTensors
-
-from audiorl.model import step_audio2_modeling as sa2
 
 SAMPLE_RATE = sa2.SAMPLE_RATE
 AUDIO_PATCH, AUDIO_START, AUDIO_END = "<audio_patch>", "<audio_start>", "<audio_end>"

@@ -274,3 +274,27 @@ def test_step_audio2_checkpoint_with_a_missing_or_unknown_weight_is_refused(step
     line = next((x for x in proc.stdout.splitlines() if x.startswith(("REFUSED", "LOADED"))), proc.stderr[-3000:])
     assert line.startswith("REFUSED"), line
     assert ("encoder.after_norm.weight" if change == "missing" else "adapter.extra") in line, line
+
+
+# ------------------------------------------------------------- in training
+def test_step_audio2_grpo_with_vllm_colocated_rollouts(step_audio2_dir, pitch_data, tmp_path):
+    """The Step-Audio 2 quickstart (think mode) with vLLM rollouts for a few steps: vLLM serves the policy the
+    trainer steps, and the rollout/trainer log-prob gap stays small."""
+    from tests.conftest import AUDIORL, quick_overrides
+    from tests.test_end_to_end import read_metrics
+
+    recipe = os.path.join(os.path.dirname(HERE), "recipes", "quickstart_step_audio2.yaml")
+    overrides = quick_overrides(
+        tmp_path, step_audio2_dir, pitch_data,
+        **{"rollout.backend": "vllm", "stages.grpo.max_steps": 3, "stages.grpo.tis_cap": 2.0, "data.max_eval_samples": 8},
+    )
+    proc = subprocess.run([AUDIORL, "train", recipe, *overrides], capture_output=True, text=True, timeout=900,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = str(tmp_path / "run")
+    assert json.load(open(os.path.join(out, "summary.json")))["rollout_engine"] == "VLLMColocatedEngine"
+    grpo = [r for r in read_metrics(out) if r["stage"] == "grpo"]
+    assert len(grpo) == 3
+    gaps = [row["rollout/logprob_diff/max"] for row in grpo]
+    print(f"GRPO rollout/trainer max |logprob gap| per step: {gaps}")
+    assert all(0 <= g < 0.25 for g in gaps)

@@ -163,7 +163,8 @@ def checkpoint_dtype(model_dir: str) -> str:
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     config = config.get("thinker_config", config)  # Omni: the thinker's config holds the dtype
-    dtype = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+    text = config.get("text_config", {})  # Step-Audio 2's release names it there only, as torch_dtype
+    dtype = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
     return str(dtype or "float32").removeprefix("torch.")
 
 

@@ -298,3 +298,13 @@ def test_step_audio2_grpo_with_vllm_colocated_rollouts(step_audio2_dir, pitch_da
     gaps = [row["rollout/logprob_diff/max"] for row in grpo]
     print(f"GRPO rollout/trainer max |logprob gap| per step: {gaps}")
     assert all(0 <= g < 0.25 for g in gaps)
+
+
+def test_rollout_server_reads_the_dtype_of_a_release_config(tmp_path):
+    """Step-Audio-2-mini's config.json names its dtype only in text_config, as torch_dtype (bfloat16)."""
+    from audiorl.rollouts.server import checkpoint_dtype
+
+    release = {"architectures": ["StepAudio2ForCausalLM"], "model_type": "step_audio_2",
+               "text_config": {"hidden_size": 3584, "torch_dtype": "bfloat16"}, "audio_encoder_config": {"n_mels": 128}}
+    (tmp_path / "config.json").write_text(json.dumps(release))
+    assert checkpoint_dtype(str(tmp_path)) == "bfloat16"

@@ -59,6 +59,8 @@ class AudioLM(abc.ABC):
     #: think mode (``model.think``): every reply opens with ``<think>\n`` (Step-Audio-2-mini-Think's prefix), written
     #: at the end of the prompt; rewards see the reply with it.
     think: bool = False
+    #: speech output (``model.speech_output``): the family's spoken-reply prefix ends the prompt (Step-Audio 2's ``<tts_start>``).
+    speech_output: bool = False
 
     #: modalities the vLLM model accepts besides audio, turned off for rollouts (none for audio-only families).
     vllm_disabled_modalities: tuple[str, ...] = ()
@@ -106,9 +108,14 @@ class AudioLM(abc.ABC):
         """Chat-template text with one placeholder per audio part."""
 
     @property
-    def generation_prefix(self) -> str:
-        """Text the reply opens with, already in the prompt (``<think>\n`` in think mode)."""
+    def think_prefix(self) -> str:
+        """The reply's opening text that rewards see too (``<think>\n`` in think mode)."""
         return "<think>\n" if self.think else ""
+
+    @property
+    def generation_prefix(self) -> str:
+        """What the reply opens with, already in the prompt: the ``think_prefix`` (a family may add markers)."""
+        return self.think_prefix
 
     @abc.abstractmethod
     def audio_token_count(self, num_samples: int) -> int:
@@ -217,9 +224,16 @@ class AudioLM(abc.ABC):
         pad = self.audio_pad_code
         return [int(t) - span[0] for t in token_ids if span[0] <= t < span[1] and int(t) - span[0] != pad]
 
-    def completion_text(self, text: str) -> str:
-        """A sampled reply as rewards see it: with the ``generation_prefix`` the prompt opened it with."""
-        return self.generation_prefix + text
+    def completion_text(self, text: str, token_ids: Sequence[int] | None = None) -> str:
+        """A sampled reply as rewards see it: with the ``think_prefix`` the prompt opened it with.
+
+        With its ``token_ids``, a reply holding speech codes is decoded again without them (its text part),
+        whatever the tokenizer marks special.
+        """
+        span = self.audio_output_token_range
+        if token_ids is not None and span is not None and any(span[0] <= t < span[1] for t in token_ids):
+            text = self.tokenizer.decode([t for t in token_ids if not span[0] <= t < span[1]], skip_special_tokens=True)
+        return self.think_prefix + text
 
     def think_token_ids(self) -> tuple[int, int] | None:
         """Ids of ``<think>`` and ``</think>`` when each is one token, else None."""

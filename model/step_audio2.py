@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from audiorl.common.errors import ConfigError
+from audiorl.common.errors import ConfigError, DataError
 from audiorl.model.base import FAMILIES, AudioLM, Messages, find_module
 from audiorl.model.step_audio2_modeling import (  # noqa: F401  (the functions the vLLM model shares)
     CHUNK_SAMPLES,
@@ -137,6 +137,26 @@ class StepAudio2LM(AudioLM):
         codes = self._audio_codes
         return None if codes is None else codes[1] - 1
 
+    @property
+    def generation_prefix(self) -> str:
+        # A spoken reply opens with <tts_start> (the release's {"role": "assistant", "content": "<tts_start>", "eot": False});
+        # in think mode the thinking comes first and the model opens the spoken part itself (-Think's examples
+        # insert "\n\n<tts_start>" after </think>).
+        if self.speech_output and not self.think:
+            return TTS_START
+        return super().generation_prefix
+
+    def interleave_speech(self, text_ids: Sequence[int], codes: Sequence[int]) -> list[int]:
+        """A spoken reply's ids in the release's "ta4" layout: ``<tts_start>``, groups of 1 text token and 4 codes
+        (``<tts_pad>`` / the audio pad fill the shorter stream; max(#text, ceil(#codes / 4)) groups), ``<tts_end>``."""
+        start, _ = self.audio_output_token_range
+        groups = max(len(text_ids), -(-len(codes) // 4))
+        out = [self.token_id(TTS_START)]
+        for g in range(groups):
+            out.append(text_ids[g] if g < len(text_ids) else self.token_id(TTS_PAD))
+            out += [start + (codes[i] if i < len(codes) else self.audio_pad_code) for i in range(4 * g, 4 * g + 4)]
+        return out + [self.token_id(TTS_END)]
+
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         out = []
         for message in messages:
@@ -163,8 +183,11 @@ class StepAudio2LM(AudioLM):
     def audio_ids(self, num_samples: int) -> list[int]:
         # One <audio_start>..<audio_end> block per 25 s chunk; the rendered prompt holds the first start and last end.
         patch, start, end = self.audio_placeholder_id, self.token_id(AUDIO_START), self.token_id(AUDIO_END)
+        counts = chunk_token_counts(num_samples)
+        if not sum(counts):
+            raise DataError(f"an audio clip of {num_samples} samples is too short for Step-Audio 2 (under 20 ms: no audio patch)")
         out: list[int] = []
-        for i, n in enumerate(chunk_token_counts(num_samples)):
+        for i, n in enumerate(counts):
             out += ([end, start] if i else []) + [patch] * n
         return out
 

@@ -223,7 +223,11 @@ def encode_chunks(encoder: AudioEncoder, mels: Sequence[torch.Tensor]) -> list[t
 def adapt_chunks(adapter: Adaptor, frames: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Adaptor outputs of each chunk's kept encoder frames (equal lengths batched)."""
     out: list[torch.Tensor | None] = [None] * len(frames)
-    for _, index in _same_length_groups([f.size(0) for f in frames]).items():
+    for length, index in _same_length_groups([f.size(0) for f in frames]).items():
+        if length == 0:  # a trailing chunk under ~30 ms has no patch (compute_token_num gives 0), as in the release
+            for i in index:
+                out[i] = frames[i].new_zeros((0, adapter.linear2.out_features))
+            continue
         projected = adapter(torch.stack([frames[i] for i in index]))
         for row, i in enumerate(index):
             out[i] = projected[row]

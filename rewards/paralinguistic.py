@@ -561,7 +561,7 @@ def _missing(value: Any) -> bool:
 def _gold_labels(vocab: Vocabulary, dim: str, value: Any, row: int, unknown_gold: str) -> list[str] | None:
     """The gold labels of one dimension of one row (None: left out)."""
     if dim == "age" and not isinstance(value, bool) and re.fullmatch(r"\s*[0-9]{1,3}(\.[0-9]+)?\s*", str(value)):
-        labels = [age_label(float(value))]  # a bare number is an age in years
+        labels = [age_label(float(str(value).strip()))]  # a bare number is an age in years (float() keeps \x1c-\x1f, which \s matched)
         labels = labels if labels[0] in vocab.dims["age"].labels else []
     else:
         labels = []

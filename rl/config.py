@@ -40,6 +40,9 @@ class ModelConfig:
     # think mode: every reply opens with "<think>\n", written at the end of the prompt (Step-Audio-2-mini-Think's
     # prefix); rewards see the reply with it, and SFT completions that start with it lose it (the prompt has it)
     think: bool = False
+    # speech output (Step-Audio 2): the prompt ends with <tts_start>, the release's spoken-reply prefix; the reply
+    # interleaves 1 text token with 4 speech codes, and rewards that name audio_codes score the codes
+    speech_output: bool = False
 
 
 @dataclass

@@ -26,7 +26,7 @@ def evaluate(
     requests = [prompts.request(row["prompt"], n=1, row=row.get("_row")) for row in rows]
     completions = [c[0] for c in engine.generate(requests, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))]
     lm = prompts.lm
-    texts = [lm.completion_text(c.text) for c in completions]
+    texts = [lm.completion_text(c.text, c.token_ids) for c in completions]
     columns = reward_columns(rows)
     codes = [lm.audio_codes(c.token_ids) for c in completions]
     scores = rewards.score(texts, [row.get("prompt_text") for row in rows], columns, audio_codes=codes)

@@ -50,7 +50,7 @@ class Rollouts:
                 clips.append(list(request.clips))
                 data_rows.append(row)
                 groups.append(g)
-                texts.append(self.lm.completion_text(c.text))
+                texts.append(self.lm.completion_text(c.text, c.token_ids))
                 codes.append(self.lm.audio_codes(c.token_ids))
                 finished.append(c.finished)
         pad_id = self.lm.tokenizer.pad_token_id

@@ -175,6 +175,9 @@ class RLRecipe:
         self.accelerator = Accelerator(cpu=self.device == "cpu", mixed_precision=precision)
         self.lm = load_audio_lm(cfg.model.path, dtype=cfg.model.dtype, device=self.device)
         self.lm.think = cfg.model.think
+        if cfg.model.speech_output and self.lm.audio_output_token_range is None:
+            raise ConfigError(f"model.speech_output: the {self.lm.family} model at '{cfg.model.path}' has no speech-code tokens")
+        self.lm.speech_output = cfg.model.speech_output
         self.lm.audio_encoder().requires_grad_(not cfg.model.freeze_audio_encoder)
         self.embedder = AudioEmbedder(self.lm, self.store, cache_bytes=cfg.model.audio_cache_mb << 20)
         self.forward = AudioForward(self.lm, self.embedder, autocast=self.accelerator.autocast)

@@ -241,7 +241,8 @@ def test_asr_reward_through_a_reward_set(checkpoints):
     spec = SimpleNamespace(name="speech_asr_error", weight=1.0, kwargs={"asr_model": checkpoints.asr, "vocoder": TONE, "max_new_tokens": 16})
     rewards = RewardSet([spec])
     heard = transcripts_of(checkpoints.asr, [HIGH])[0]
-    scores = rewards.score(["c0", "c1"], columns={"audio_codes": [HIGH, []], "answers": [heard, "text only"]})
+    # the RL core hands a completion's parts over: its answer text (here the words the ASR model hears) and its codes
+    scores = rewards.score([f"<think>plan</think>{heard}", "text only"], audio_codes=[HIGH, []])
     assert scores.values[0, 0] == 1.0 and math.isnan(scores.values[1, 0])
 
 

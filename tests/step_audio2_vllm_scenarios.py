@@ -45,6 +45,9 @@ def main() -> None:
     joined = np.concatenate([load_audio(p) for p in paths * 8])[: LONG_SECONDS * 16000]
     long_path = os.path.join(work, "long.wav")
     save_audio(long_path, joined)
+    # 25 s and 100 samples: the last chunk is too short for a patch (an empty <audio_start><audio_end> block)
+    tail_path = os.path.join(work, "empty_tail.wav")
+    save_audio(tail_path, joined[: 25 * 16000 + 100])
 
     def request(*audio: str, text: str = rows[0]["prompt"]):
         parts = [{"type": "audio", "audio": a} for a in audio] + [{"type": "text", "text": text}]
@@ -55,8 +58,9 @@ def main() -> None:
         "long": request(long_path),
         "long_then_short": request(long_path, paths[1]),  # two clips' blocks side by side in one prompt
         "short_then_long": request(paths[2], long_path, text=rows[2]["prompt"]),
+        "empty_last_chunk": request(tail_path),
     }
-    out: dict = {"long_chunks": chunk_token_counts(store.wave(requests["long"].clips[0]).size)}
+    out: dict = {name: chunk_token_counts(store.wave(requests[name].clips[0]).size) for name in ("long", "empty_last_chunk")}
 
     worker = VLLMWorker(
         model_dir, dtype="float32", seed=0, max_audio_per_prompt=2, stop_token_ids=lm.eos_token_ids,

@@ -169,10 +169,11 @@ def test_step_audio2_colocated_never_samples_input_only_tokens(step_audio2_coloc
 
 @pytest.mark.parametrize("weights", ["base", "lora"])
 def test_step_audio2_clips_over_one_chunk_and_side_by_side_match_the_trainer(step_audio2_own, weights):
-    """31 s (two chunks), and two clips in one prompt: vLLM's expanded prompt is the trainer's token for token,
+    """31 s (two chunks), 25 s + 100 samples (a last chunk with no patch), and two clips in one prompt: vLLM's
+    expanded prompt is the trainer's token for token,
     its greedy output and prompt log-probs the trainer's; with ``lora`` through vLLM's LoRA (a PEFT adapter saved
     from our model) against the PEFT-merged model."""
-    assert step_audio2_own["long_chunks"] == [313, 75]
+    assert step_audio2_own["long"] == [313, 75] and step_audio2_own["empty_last_chunk"] == [313, 0]
     worst = 0.0
     for name, result in step_audio2_own[weights].items():
         assert result["expanded_equal"], name

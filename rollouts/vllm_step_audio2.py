@@ -4,7 +4,7 @@ vLLM ships no Step-Audio 2 model; audiorl's plugin (rollouts/vllm_plugin.py) reg
 name, so only vLLM's processes import this module (it imports vLLM at the top; nothing else in
 audiorl imports it). It loads the release layout as it is: ``model.*`` and ``lm_head.*`` (a Qwen2
 language model, vLLM's own ``Qwen2ForCausalLM`` here, under ``language_model.``), ``encoder.*``
-and ``adapter.*`` (audiorl's modules from model/step_audio2.py, under their own names).
+and ``adapter.*`` (audiorl's modules from model/step_audio2_modeling.py, under their own names).
 
 Audio is computed by the trainer's own code: the mels of a clip (``clip_mels``: 25 s chunks, each
 its own log-mel) and its embeddings (``clip_embeddings``: each chunk encoded at its own length), so

@@ -34,12 +34,12 @@ from audiorl.model.step_audio2_modeling import (  # noqa: F401  (the functions t
     CHUNK_SAMPLES,
     StepAudio2Config,
     StepAudio2ForCausalLM,
+    adapt_chunks,
     chunk_token_counts,
     clip_embeddings,
     clip_mels,
     clip_token_count,
     encode_chunks,
-    adapt_chunks,
     split_chunk_frames,
 )
 from audiorl.model.weights import base_model, merged_state_dict

@@ -88,6 +88,7 @@ class StepAudio2LM(AudioLM):
     encoder_module = "encoder"
     projector_module = "adapter"
     encode_batch_size = 16
+    audio_channels = "first"  # the release keeps channel 0 of multi-channel audio
 
     @classmethod
     def from_pretrained(

@@ -309,3 +309,18 @@ def test_step_audio2_grpo_stage_validates_loss_on(tmp_path):
     load_recipe(recipe, [f"output_dir={tmp_path}", "stages.1.loss_on=[text,think]"])
     with pytest.raises(ConfigError, match="loss_on"):
         load_recipe(recipe, [f"output_dir={tmp_path}", "stages.1.loss_on=[text,speech]"])
+
+
+def test_step_audio2_keeps_channel_0_of_a_stereo_file(sa2, tmp_path):
+    """The release keeps channel 0 of multi-channel audio (the other families average the channels)."""
+    import soundfile as sf
+    from audiorl.data.audio import AudioStore
+    from audiorl.model.base import family_class
+
+    left, right = tone(0.5, 300.0), tone(0.5, 1200.0)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    assert family_class(sa2.path).audio_channels == "first"
+    store = AudioStore(channels="first")
+    assert np.allclose(store.wave(store.add_file(tmp_path / "stereo.wav")), left, atol=1e-6)
+    mixed = AudioStore()
+    assert np.allclose(mixed.wave(mixed.add_file(tmp_path / "stereo.wav")), (left + right) / 2, atol=1e-6)

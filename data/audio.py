@@ -30,8 +30,18 @@ def _where(path: str, row: int | None) -> str:
     return f"row {row}: audio file '{path}'" if row is not None else f"audio file '{path}'"
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, row: int | None = None) -> np.ndarray:
-    """Decode ``path`` to mono float32 at ``target_sr``. Channels are averaged.
+CHANNEL_MIXES = ("mean", "first")
+
+
+def to_mono(wave: np.ndarray, channels: str = "mean") -> np.ndarray:
+    """``[samples, channels]`` -> mono: the channels' mean, or channel 0 (Step-Audio 2's release keeps channel 0)."""
+    if wave.shape[1] == 1:
+        return wave[:, 0]
+    return wave[:, 0] if channels == "first" else wave.mean(axis=1)
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, row: int | None = None, channels: str = "mean") -> np.ndarray:
+    """Decode ``path`` to mono float32 at ``target_sr``; ``channels``: how several are made one (``to_mono``).
 
     Raises AudioLoadError naming the file (and the dataset row, when given) if it is missing,
     unreadable or holds non-finite samples.
@@ -43,7 +53,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, row: int |
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises its own types; all mean "cannot decode"
         raise AudioLoadError(f"{_where(path, row)} could not be decoded: {exc}") from exc
-    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+    wave = to_mono(wave, channels)
     if not np.isfinite(wave).all():
         raise AudioLoadError(f"{_where(path, row)} contains NaN or infinite samples")
     return pad_short(resample(wave, sr, target_sr), source=path)
@@ -115,7 +125,11 @@ class AudioStore:
     is not hashed twice. Arrays given in memory are kept: there is nothing to reload them from.
     """
 
-    def __init__(self, max_bytes: int = 1 << 30):
+    def __init__(self, max_bytes: int = 1 << 30, channels: str = "mean"):
+        """``channels``: how a multi-channel file becomes mono (the model family's ``audio_channels``)."""
+        if channels not in CHANNEL_MIXES:
+            raise ValueError(f"channels must be one of {', '.join(CHANNEL_MIXES)}, got '{channels}'")
+        self.channels = channels
         self._waves = WaveCache(max_bytes)
         self._sources: dict[str, str] = {}
         self._file_keys: dict[tuple[str, int, int], Clip] = {}
@@ -131,7 +145,7 @@ class AudioStore:
         stamp = (path, st.st_size, st.st_mtime_ns)
         clip = self._file_keys.get(stamp)
         if clip is None:
-            wave = load_audio(path, row=row)
+            wave = load_audio(path, row=row, channels=self.channels)
             clip = Clip(content_key(wave), path, int(wave.size))
             self._file_keys[stamp] = clip
             self._remember(clip.key, wave, path)
@@ -140,7 +154,7 @@ class AudioStore:
     def add_array(self, wave: np.ndarray, sr: int = SAMPLE_RATE, source: str = "<array>") -> Clip:
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim > 1:
-            wave = wave.mean(axis=-1)
+            wave = to_mono(wave, self.channels)
         if not np.isfinite(wave).all():
             raise AudioLoadError(f"audio {source} contains NaN or infinite samples")
         wave = pad_short(resample(wave, sr), source=source)
@@ -157,7 +171,7 @@ class AudioStore:
             if wave is not None:
                 return wave
         source = self._sources.get(clip.key, clip.source)
-        wave = load_audio(source)
+        wave = load_audio(source, channels=self.channels)
         if content_key(wave) != clip.key:
             raise AudioLoadError(f"audio file '{source}' changed on disk while training")
         self._remember(clip.key, wave, source)

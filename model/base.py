@@ -59,6 +59,8 @@ class AudioLM(abc.ABC):
     #: think mode (``model.think``): every reply opens with ``<think>\n`` (Step-Audio-2-mini-Think's prefix), written
     #: at the end of the prompt; rewards see the reply with it.
     think: bool = False
+    #: how a multi-channel clip becomes mono for this family: "mean" of the channels, or the "first" (data/audio.py)
+    audio_channels: str = "mean"
     #: speech output (``model.speech_output``): the family's spoken-reply prefix ends the prompt (Step-Audio 2's ``<tts_start>``).
     speech_output: bool = False
 
@@ -304,6 +306,11 @@ def detect_family(path: str) -> str:
             f"model.path '{path}' holds a '{model_type}' model; supported families: {', '.join(FAMILIES.names())}"
         )
     return model_type
+
+
+def family_class(path: str) -> type[AudioLM]:
+    """The AudioLM class of the checkpoint in ``path`` (from its config's ``model_type``; nothing loads)."""
+    return FAMILIES.get(detect_family(path))
 
 
 def load_audio_lm(path: str, dtype: str = "float32", device: str = "cpu", load_model: bool = True) -> AudioLM:

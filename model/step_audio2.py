@@ -34,12 +34,12 @@ from audiorl.model.step_audio2_modeling import (  # noqa: F401  (the functions t
     CHUNK_SAMPLES,
     StepAudio2Config,
     StepAudio2ForCausalLM,
+    adapt_chunks,
     chunk_token_counts,
     clip_embeddings,
     clip_mels,
     clip_token_count,
     encode_chunks,
-    adapt_chunks,
     split_chunk_frames,
 )
 from audiorl.model.weights import base_model, merged_state_dict
@@ -88,6 +88,7 @@ class StepAudio2LM(AudioLM):
     encoder_module = "encoder"
     projector_module = "adapter"
     encode_batch_size = 16
+    audio_channels = "first"  # the release keeps channel 0 of multi-channel audio
 
     @classmethod
     def from_pretrained(

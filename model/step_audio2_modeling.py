@@ -29,7 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel, Qwen2Model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+    Qwen2Model,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 SAMPLE_RATE = 16000

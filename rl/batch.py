@@ -49,7 +49,13 @@ def role_mask(roles: torch.Tensor, keep: Iterable[str]) -> torch.Tensor:
     return torch.isin(roles, wanted).long()
 
 
-def pad(seqs: Sequence[Sequence[int]], value: int | float, left: bool, dtype=torch.long, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def parts_loss_mask(lm: Any, ids: torch.Tensor, mask: torch.Tensor, loss_on: Iterable[str]) -> torch.Tensor:
+    """``mask`` less the completion tokens whose role (by ``lm``'s think tags, think mode and speech codes) is not in ``loss_on``."""
+    roles = token_roles(ids, lm.think_token_ids(), lm.audio_output_token_range, think_open=lm.think)
+    return role_mask(roles, loss_on) * mask
+
+
+def pad(seqs: Sequence[Sequence[int]], value: float, left: bool, dtype=torch.long, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of different lengths -> ``(values [B, width], mask [B, width])``, padded on the left or the right."""
     width = max((len(s) for s in seqs), default=0) if width is None else width
     out = torch.full((len(seqs), width), value, dtype=dtype)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from audiorl.rl.algos import PREFERENCE_LOSSES, PreferenceInputs
-from audiorl.rl.batch import PairBatch, RolloutBatch, role_mask, token_roles
+from audiorl.rl.batch import PairBatch, RolloutBatch, parts_loss_mask
 from audiorl.rl.policy_gradient import Stats
 from audiorl.rl.reference import Reference
 from audiorl.rl.rollout import Rollouts, reward_metrics, score
@@ -57,7 +57,6 @@ class DPOStage:
         rollout = run.config.rollout
         self.sampling = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p, rollout.top_k)
         self.rollouts = Rollouts(run.lm, run.prompts, run.engine, self.sampling, run.sync_engine)
-        self.think_ids = run.lm.think_token_ids()
         self.ready = True
 
     def run(self) -> None:
@@ -67,9 +66,7 @@ class DPOStage:
 
     # ----------------------------------------------------------------- pairs
     def _loss_mask(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lm = self.run_.lm
-        roles = token_roles(ids, self.think_ids, lm.audio_output_token_range, think_open=lm.think)
-        return role_mask(roles, self.config.loss_on) * mask
+        return parts_loss_mask(self.run_.lm, ids, mask, self.config.loss_on)
 
     def _build(self, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], clips: list) -> PairBatch:
         pairs = PairBatch.build(prompts, chosen, rejected, clips, self.run_.lm.tokenizer.pad_token_id)

@@ -28,7 +28,7 @@ from audiorl.rl.algos import (
     AggregationContext,
     PolicyLossInputs,
 )
-from audiorl.rl.batch import RolloutBatch
+from audiorl.rl.batch import TOKEN_ROLES, RolloutBatch, parts_loss_mask
 from audiorl.rl.reference import Reference
 from audiorl.rl.rollout import Rollouts, reward_metrics, score
 from audiorl.rl.sampler import RowSampler
@@ -132,6 +132,8 @@ class PolicyGradientStage:
         with timer("generation"):
             rows = self.sampler.next(cfg.prompts_per_step)
             batch = self.rollouts.generate(rows, cfg.num_generations)
+            if set(cfg.loss_on) != set(TOKEN_ROLES):
+                batch.loss_mask = parts_loss_mask(run.lm, batch.completion_ids, batch.completion_mask, cfg.loss_on)
         with timer("rewards"):
             scores = score(batch, self.rewards)
         metrics = reward_metrics(batch, scores)

@@ -12,9 +12,10 @@ from ``ALGORITHMS``; the runner is imported only when the stage runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Callable, Optional
+from typing import Any
 
 from audiorl.common.errors import ConfigError, missing_input, nearest
 from audiorl.common.registry import Registry
@@ -28,19 +29,19 @@ class RewardSpec:
     name: str = MISSING
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
-    alias: Optional[str] = None  # name used in logs (default: the function's name)
+    alias: str | None = None  # name used in logs (default: the function's name)
     on_error: str = "raise"  # raise | zero | skip: what a sample the reward fails on gets
-    timeout_s: Optional[float] = None  # per call; a call that overruns counts as failing
+    timeout_s: float | None = None  # per call; a call that overruns counts as failing
     workers: int = 0  # >0: run in that many worker processes (CPU-heavy rewards)
-    batch_size: Optional[int] = None  # samples per call (default: the whole batch, or split across workers)
+    batch_size: int | None = None  # samples per call (default: the whole batch, or split across workers)
 
 
 @dataclass
 class StageConfig:
     algorithm: str = MISSING  # sft | grpo | ppo | dpo
-    name: Optional[str] = None  # in logs, overrides (stages.<name>.key=value) and output folders; default: the algorithm
+    name: str | None = None  # in logs, overrides (stages.<name>.key=value) and output folders; default: the algorithm
     enabled: bool = True  # false: skip this stage (its weights are the previous stage's)
-    rewards: Optional[list[RewardSpec]] = None  # this stage's rewards (default: the recipe's `rewards`)
+    rewards: list[RewardSpec] | None = None  # this stage's rewards (default: the recipe's `rewards`)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class SFTConfig(StageConfig):
     epochs: float = 1.0
     learning_rate: float = 2e-4
     batch_size: int = 8
-    max_samples: Optional[int] = None
+    max_samples: int | None = None
     logging_steps: int = 5
 
 
@@ -80,18 +81,20 @@ class PolicyGradientConfig(OptimizerFields, StageConfig):
     # | seq_mean_token_sum | seq_mean_token_sum_norm (Dr. GRPO; TRL's dr_grpo) | microbatch_token_mean (TRL's bnpo)
     loss_aggregation: str = "token_mean"
     epsilon: float = 0.2  # clip range of the ratio (lower side)
-    epsilon_high: Optional[float] = None  # upper side (clip-higher, DAPO: 0.28); default: epsilon
+    epsilon_high: float | None = None  # upper side (clip-higher, DAPO: 0.28); default: epsilon
     beta: float = 0.0  # KL coefficient to the reference (the stage's starting weights); 0: no reference forward
     kl_estimator: str = "k3"  # k1 | k2 | k3 | package.module:function
     kl_in: str = "loss"  # loss: beta * KL added to each token's loss | reward: -beta * KL added to each token's reward
     # kl_in loss: weight the KL term by the (differentiable) importance ratio, which makes its gradient the
     # unbiased reverse-KL gradient (DeepSeek-V3.2; TRL's use_bias_correction_kl, on by default there too)
     kl_bias_correction: bool = True
-    tis_cap: Optional[float] = None  # truncated importance sampling min(p_trainer / p_rollout, cap) per token; null: off
+    tis_cap: float | None = None  # truncated importance sampling min(p_trainer / p_rollout, cap) per token; null: off
     whiten_rewards: bool = False  # normalise the batch's scores to mean 0, std 1 before advantages
     whiten_advantages: bool = False  # normalise the advantages over the batch's tokens
     gamma: float = 1.0  # gae: discount
     lam: float = 1.0  # gae: lambda
+    # token roles in the loss: text | think | audio (a speech reply's codes); e.g. [text, think] keeps speech codes out
+    loss_on: list[str] = field(default_factory=lambda: ["text", "think", "audio"])
     logging_steps: int = 1
 
 
@@ -134,7 +137,7 @@ class DPOConfig(OptimizerFields, StageConfig):
     # online: pairs from the engine's rollouts, best vs worst of a group by the rewards (iterative DPO);
     # offline: pairs from `pairs`, a data file with prompt + audio + chosen + rejected columns
     source: str = "online"
-    pairs: Optional[str] = None  # offline: .jsonl/.json/.parquet/.csv; audio paths relative to the file
+    pairs: str | None = None  # offline: .jsonl/.json/.parquet/.csv; audio paths relative to the file
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     max_steps: int = 100  # optimizer steps
@@ -218,12 +221,22 @@ def _check_registry_names(stage: Any, key: str, names: dict[str, str]) -> None:
         REGISTRIES[registry_key].check(value, f"{key}.{field_name}")
 
 
+def _check_loss_on(stage: Any, key: str) -> None:
+    from audiorl.rl.batch import TOKEN_ROLES
+
+    if not stage.loss_on:
+        raise ConfigError(f"'{key}.loss_on' is empty: name the token roles in the loss ({', '.join(TOKEN_ROLES)})")
+    for role in stage.loss_on:
+        _choice(role, tuple(TOKEN_ROLES), f"{key}.loss_on")
+
+
 def validate_policy_gradient(stage: PolicyGradientConfig, recipe: Any, key: str) -> None:
     _positive(stage, key, ("max_steps", "prompts_per_step", "num_generations", "micro_batch_size", "epochs", "minibatches", "epsilon", "logging_steps"))
     _non_negative(stage, key, ("beta",))
     _check_optimizer(stage, key)
     _check_registry_names(stage, key, {"advantage": "advantage", "policy_loss": "policy_loss", "loss_aggregation": "loss_aggregation", "kl_estimator": "kl_estimator"})
     _choice(stage.kl_in, ("loss", "reward"), f"{key}.kl_in")
+    _check_loss_on(stage, key)
     if stage.epsilon_high is not None and stage.epsilon_high <= 0:
         raise ConfigError(f"'{key}.epsilon_high' must be positive (or null: the same as epsilon), got {stage.epsilon_high}")
     if stage.tis_cap is not None and stage.tis_cap < 1:
@@ -261,7 +274,6 @@ def validate_policy_gradient(stage: PolicyGradientConfig, recipe: Any, key: str)
 def validate_dpo(stage: DPOConfig, recipe: Any, key: str) -> None:
     import os
 
-    from audiorl.rl.batch import TOKEN_ROLES
 
     _positive(stage, key, ("max_steps", "prompts_per_step", "micro_batch_size", "beta", "logging_steps"))
     _check_optimizer(stage, key)
@@ -270,10 +282,7 @@ def validate_dpo(stage: DPOConfig, recipe: Any, key: str) -> None:
     _check_registry_names(stage, key, {"loss": "loss"})
     if stage.reference == "adapter_disabled" and not recipe.lora.enabled:
         raise ConfigError(f"'{key}.reference' is 'adapter_disabled' but lora.enabled is false: there is no adapter to disable")
-    if not stage.loss_on:
-        raise ConfigError(f"'{key}.loss_on' is empty: name the token roles in the loss ({', '.join(TOKEN_ROLES)})")
-    for role in stage.loss_on:
-        _choice(role, tuple(TOKEN_ROLES), f"{key}.loss_on")
+    _check_loss_on(stage, key)
     _non_negative(stage, key, ("nll_weight",))
     if not 0 <= stage.label_smoothing < 0.5:
         raise ConfigError(f"'{key}.label_smoothing' must be in [0, 0.5), got {stage.label_smoothing}")

@@ -142,6 +142,7 @@ class RLRecipe:
         from accelerate import Accelerator
         from audiorl.data.audio import AudioStore
         from audiorl.model import load_audio_lm
+        from audiorl.model.base import family_class
         from audiorl.model.audio_embed import AudioEmbedder
         from audiorl.model.forward import AudioForward
         from audiorl.rl.metrics import MetricsLog
@@ -159,7 +160,8 @@ class RLRecipe:
         prepare_inputs(cfg)
         self.train_rows, self.eval_rows = load_rows(cfg)
         self.stage_pairs = load_stage_pairs(cfg)  # offline DPO's pairs: checked before the model loads too
-        self.store = AudioStore()  # rewards that take waveforms read the clips the trainer decodes
+        # rewards that take waveforms read the clips the trainer decodes; multi-channel files become mono as the family's release does
+        self.store = AudioStore(channels=family_class(cfg.model.path).audio_channels)
         for stage in cfg.enabled_stages():  # reward columns are checked before the model loads
             rewards = self.reward_set(stage)
             if rewards is not None:

@@ -118,9 +118,10 @@ def test_online_pairs_are_the_best_and_worst_of_each_group_and_ties_are_skipped(
 
 def test_loss_on_masks_token_roles(tmp_path, tiny_model_dir, pair_data):
     recipe, stage = make_dpo(tmp_path, tiny_model_dir, pair_data, "offline", **{"stages.dpo.loss_on": "[text]"})
-    assert stage.think_ids is not None
+    think_ids = recipe.lm.think_token_ids()
+    assert think_ids is not None
     pairs = stage.pairs_from_rows(stage.sampler.next(2), Stats())
-    roles = token_roles(pairs.chosen_ids, stage.think_ids)
+    roles = token_roles(pairs.chosen_ids, think_ids)
     assert (roles == THINK).any()
     assert pairs.chosen_loss_mask[roles == THINK].sum() == 0  # think tokens are out of the loss
     assert pairs.chosen_loss_mask[(roles != THINK) & pairs.chosen_mask.bool()].all()

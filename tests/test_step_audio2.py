@@ -174,7 +174,7 @@ def test_step_audio2_think_mode_opens_the_reply_and_parts_are_split(sa2):
     ids = lm.prompt_ids(MESSAGES, [clip_of(tone(1.0))])
     assert lm.tokenizer.decode(ids).endswith("<|BOT|>assistant\n<think>\n")
     assert lm.completion_text("plan</think><answer>high</answer>") == "<think>\nplan</think><answer>high</answer>"
-    from audiorl.rl.batch import THINK, TEXT, token_roles
+    from audiorl.rl.batch import TEXT, THINK, token_roles
     from audiorl.rl.prompts import PromptEncoder
 
     completion = PromptEncoder(lm, None).completion_ids("<think>\nplan</think><answer>high</answer>")
@@ -264,8 +264,8 @@ def test_step_audio2_speech_output_interleaves_1_text_to_4_codes_and_generates(s
     assert groups[6:10] == [start + 5, start + 6, pad_code, pad_code] and (len(text) > 1 or groups[5] == pad_text)
     assert lm.audio_codes(reply) == [1, 2, 3, 4, 5, 6]
     assert lm.completion_text("whatever the engine decoded", reply) == "high"
-    from audiorl.model.audio_embed import AudioEmbedder
     from audiorl.data.audio import AudioStore
+    from audiorl.model.audio_embed import AudioEmbedder
     from audiorl.rollouts.base import RolloutRequest, SamplingParams
     from audiorl.rollouts.hf import HFRolloutEngine
 
@@ -279,3 +279,48 @@ def test_step_audio2_speech_output_interleaves_1_text_to_4_codes_and_generates(s
         codes = lm.audio_codes(c.token_ids)
         assert all(0 <= code < lm.audio_pad_code for code in codes)
         assert len(codes) == sum(start <= t < start + lm.audio_pad_code for t in c.token_ids)
+
+
+def test_step_audio2_loss_can_leave_out_any_part_of_a_reply(sa2):
+    """GRPO/PPO's and DPO's loss_on: [text, think] keeps a spoken reply's codes out of the loss (Step-Audio-AQAA's DPO)."""
+    from audiorl.rl.batch import parts_loss_mask
+
+    lm = copy.copy(sa2)
+    lm.think = True
+    tok = lm.tokenizer
+    text = tok("plan</think>", add_special_tokens=False)["input_ids"]
+    reply = text + lm.interleave_speech(tok("high", add_special_tokens=False)["input_ids"], [1, 2, 3, 4])
+    ids = torch.tensor([reply])
+    mask = torch.ones_like(ids)
+    start, end = lm.audio_output_token_range
+    codes = (ids >= start) & (ids < end)
+    kept = parts_loss_mask(lm, ids, mask, ["text", "think"])
+    assert kept[codes].sum() == 0 and kept[~codes].all()
+    assert parts_loss_mask(lm, ids, mask, ["audio"])[0].tolist() == codes[0].long().tolist()
+    close = reply.index(lm.think_token_ids()[1])
+    assert parts_loss_mask(lm, ids, mask, ["think"])[0, : close + 1].all()  # think mode: the think opens in the prompt
+
+
+def test_step_audio2_grpo_stage_validates_loss_on(tmp_path):
+    from audiorl.common.errors import ConfigError
+    from audiorl.rl.config import load_recipe
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart_step_audio2.yaml")
+    load_recipe(recipe, [f"output_dir={tmp_path}", "stages.1.loss_on=[text,think]"])
+    with pytest.raises(ConfigError, match="loss_on"):
+        load_recipe(recipe, [f"output_dir={tmp_path}", "stages.1.loss_on=[text,speech]"])
+
+
+def test_step_audio2_keeps_channel_0_of_a_stereo_file(sa2, tmp_path):
+    """The release keeps channel 0 of multi-channel audio (the other families average the channels)."""
+    import soundfile as sf
+    from audiorl.data.audio import AudioStore
+    from audiorl.model.base import family_class
+
+    left, right = tone(0.5, 300.0), tone(0.5, 1200.0)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    assert family_class(sa2.path).audio_channels == "first"
+    store = AudioStore(channels="first")
+    assert np.allclose(store.wave(store.add_file(tmp_path / "stereo.wav")), left, atol=1e-6)
+    mixed = AudioStore()
+    assert np.allclose(mixed.wave(mixed.add_file(tmp_path / "stereo.wav")), (left + right) / 2, atol=1e-6)

@@ -27,6 +27,20 @@ FAMILIES: Registry[type[AudioLM]] = Registry("model family")
 Messages = list[dict[str, Any]]
 
 
+#: LoRA target pieces of a Qwen2-style decoder layer (the text models of Qwen2.5-/Qwen3-Omni and Step-Audio 2)
+ATTENTION_PROJ = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+DENSE_MLP_PROJ = r"mlp\.(gate_proj|up_proj|down_proj)"
+
+
+def text_layers_regex(modules: str) -> str:
+    """A PEFT target regex for ``modules`` of the text model's decoder layers only.
+
+    The audio towers' layers ("audio_tower.layers.N.self_attn.q_proj") and vision blocks
+    ("visual.blocks.N.mlp.gate_proj") share the leaf names.
+    """
+    return rf"(.*\.)?model\.layers\.\d+\.({modules})"
+
+
 def find_module(model: nn.Module, suffix: str) -> nn.Module:
     """The submodule whose qualified name ends with ``suffix`` (works through PEFT/accelerate wrappers).
 

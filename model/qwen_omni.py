@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from audiorl.common.errors import ConfigError
-from audiorl.model.base import FAMILIES, AudioLM, Messages
+from audiorl.model.base import ATTENTION_PROJ, DENSE_MLP_PROJ, FAMILIES, AudioLM, Messages, text_layers_regex
 from audiorl.model.omni_processor import omni_processor_from_pretrained
 from audiorl.model.weights import base_model, merged_state_dict
 from torch import nn
@@ -47,16 +47,6 @@ _INPUT_ONLY_TOKENS = (
     "vision_bos_token",
     "vision_eos_token",
 )
-_ATTENTION = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-_DENSE_MLP = r"mlp\.(gate_proj|up_proj|down_proj)"
-
-
-def _text_layers(modules: str) -> str:
-    # The text model's decoder layers only: the audio tower's layers ("audio_tower.layers.N.self_attn.q_proj")
-    # and the vision blocks ("visual.blocks.N.mlp.gate_proj") share the leaf names.
-    return rf"(.*\.)?model\.layers\.\d+\.({modules})"
-
-
 class OmniThinkerLM(AudioLM):
     """What both Omni thinkers share; a subclass names its transformers classes and audio length formula."""
 
@@ -209,7 +199,7 @@ class Qwen25OmniLM(OmniThinkerLM):
 
     @property
     def lora_target_regex(self) -> str:
-        return _text_layers(f"{_ATTENTION}|{_DENSE_MLP}")
+        return text_layers_regex(f"{ATTENTION_PROJ}|{DENSE_MLP_PROJ}")
 
 
 @FAMILIES.register("qwen3_omni_moe_thinker")
@@ -273,4 +263,4 @@ class Qwen3OmniLM(OmniThinkerLM):
     def lora_target_regex(self) -> str:
         # Attention by default: the experts are fused 3-D parameters, and LoRA on them is opt-in
         # (``lora.target_modules`` / PEFT ``target_parameters``); the router stays frozen.
-        return _text_layers(_ATTENTION)
+        return text_layers_regex(ATTENTION_PROJ)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from audiorl.common.errors import ConfigError, DataError
-from audiorl.model.base import FAMILIES, AudioLM, Messages, find_module
+from audiorl.model.base import ATTENTION_PROJ, DENSE_MLP_PROJ, FAMILIES, AudioLM, Messages, find_module, text_layers_regex
 from audiorl.model.step_audio2_modeling import (  # noqa: F401  (the functions the vLLM model shares)
     CHUNK_SAMPLES,
     StepAudio2Config,
@@ -220,7 +220,7 @@ class StepAudio2LM(AudioLM):
     # ------------------------------------------------------------------- training
     @property
     def lora_target_regex(self) -> str:
-        return r"(.*\.)?model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+        return text_layers_regex(f"{ATTENTION_PROJ}|{DENSE_MLP_PROJ}")
 
     def hub_state_dict(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         return merged_state_dict(model, trainable_only)  # the module tree is the release's: names are hub names

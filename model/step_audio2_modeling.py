@@ -206,6 +206,19 @@ class Adaptor(nn.Module):
         return self.linear2(self.relu(self.linear1(x)))
 
 
+def audio_modules(audio: dict) -> tuple[AudioEncoder, Adaptor]:
+    """The encoder and adaptor an ``audio_encoder_config`` describes (the trainer's model and vLLM's both build them here)."""
+    encoder = AudioEncoder(audio["n_mels"], audio["n_audio_ctx"], audio["n_audio_state"], audio["n_audio_head"], audio["n_audio_layer"])
+    adapter = Adaptor(
+        audio["n_audio_state"],
+        audio["llm_dim"],
+        audio["kernel_size"],
+        audio["adapter_stride"],
+        audio.get("adapter_hidden_size", ADAPTER_HIDDEN),
+    )
+    return encoder, adapter
+
+
 def _same_length_groups(lengths: Sequence[int]) -> dict[int, list[int]]:
     groups: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(lengths):
@@ -281,19 +294,10 @@ class StepAudio2ForCausalLM(StepAudio2PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: StepAudio2Config):
         super().__init__(config)
-        text, audio = config.text_config, config.audio_encoder_config
+        text = config.text_config
         self.model = Qwen2Model(text)
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
-        self.encoder = AudioEncoder(
-            audio["n_mels"], audio["n_audio_ctx"], audio["n_audio_state"], audio["n_audio_head"], audio["n_audio_layer"]
-        )
-        self.adapter = Adaptor(
-            audio["n_audio_state"],
-            audio["llm_dim"],
-            audio["kernel_size"],
-            audio["adapter_stride"],
-            audio.get("adapter_hidden_size", ADAPTER_HIDDEN),
-        )
+        self.encoder, self.adapter = audio_modules(config.audio_encoder_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -229,16 +229,7 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsLoRA, Support
         self.config = config
         audio = config.audio_encoder_config
         with self._mark_tower_model(vllm_config, "audio"):  # built as the trainer's StepAudio2ForCausalLM builds them
-            self.encoder = sa2.AudioEncoder(
-                audio["n_mels"], audio["n_audio_ctx"], audio["n_audio_state"], audio["n_audio_head"], audio["n_audio_layer"]
-            )
-            self.adapter = sa2.Adaptor(
-                audio["n_audio_state"],
-                audio["llm_dim"],
-                audio["kernel_size"],
-                audio["adapter_stride"],
-                audio.get("adapter_hidden_size", sa2.ADAPTER_HIDDEN),
-            )
+            self.encoder, self.adapter = sa2.audio_modules(audio)
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,

@@ -34,6 +34,7 @@ def main() -> None:
     from safetensors.torch import load_file
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.lora.request import LoRARequest
+    from vllm_scenarios import trainer_prompt_logprobs  # this script's own folder (tests/) is on sys.path
 
     torch.manual_seed(0)
     lm = load_audio_lm(model_dir)
@@ -125,21 +126,12 @@ def main() -> None:
         return {"collapsed": len(ids), "expanded": list(result.prompt_token_ids), "greedy": list(result.outputs[0].token_ids),
                 "prompt_logprobs": prompt_logprobs}
 
-    def trainer_prompt_logprobs(request):
-        full = torch.tensor([request.prompt_ids])
-        with torch.no_grad():
-            audio = embedder.audio_embeds(lm.model, list(request.clips))
-            inputs = lm.forward_inputs(lm.model, full, torch.ones_like(full), audio)
-            hidden = lm.language_model(lm.model)(**inputs, use_cache=False).last_hidden_state
-            logp = torch.log_softmax(lm.output_head(lm.model)(hidden)[0, :-1].float(), -1)
-        return logp.gather(-1, full[0, 1:, None])[:, 0]
-
     def measure(lora=None):
         result = {}
         expected = {name: c[0].token_ids for name, c in zip(requests, hf.generate(list(requests.values()), greedy))}
         for name, request in requests.items():
             got = vllm_run(request, lora)
-            gap = (trainer_prompt_logprobs(request) - torch.tensor(got["prompt_logprobs"])).abs().max().item()
+            gap = (trainer_prompt_logprobs(lm, embedder, request) - torch.tensor(got["prompt_logprobs"])).abs().max().item()
             result[name] = {
                 "prompt_len": len(request.prompt_ids), "collapsed_len": got["collapsed"],
                 "expanded_equal": got["expanded"] == request.prompt_ids,

@@ -178,6 +178,11 @@ def test_omni_lora_save_reloads_the_merged_weights(omni_lm, tmp_path):
 def test_omni_mmau_recipe_validates_on_a_tiny_stand_in(omni_lm, tmp_path, capsys):
     """recipes/omni_mmau.yaml with the tiny thinker and an MMAU-format set: `audiorl validate` accepts it,
     and every row reads (choices, answer) with its clip before any model loads."""
+    assert_mcq_recipe_validates("omni_mmau", omni_lm.path, tmp_path, capsys)
+
+
+def assert_mcq_recipe_validates(recipe: str, model_path: str, tmp_path, capsys) -> None:
+    """`audiorl validate RECIPE` with ``model_path`` and a two-row MMAU-format set passes, with no input missing."""
     import soundfile as sf
     from audiorl.rl.cli import main
 
@@ -187,6 +192,6 @@ def test_omni_mmau_recipe_validates_on_a_tiny_stand_in(omni_lm, tmp_path, capsys
         rows.append({"audio": f"clip{i}.wav", "prompt": "What do you hear?", "choices": ["a low tone", "a high tone"], "answer": answer})
     for split in ("train", "eval"):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    overrides = [f"model.path={omni_lm.path}", f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'eval.jsonl'}"]
-    assert main(["validate", "omni_mmau", *overrides]) == 0, capsys.readouterr().err
+    overrides = [f"model.path={model_path}", f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'eval.jsonl'}"]
+    assert main(["validate", recipe, *overrides]) == 0, capsys.readouterr().err
     assert "not on this machine" not in capsys.readouterr().out

@@ -232,18 +232,9 @@ def test_step_audio2_lora_targets_the_text_model_and_the_merged_save_reloads(sa2
 def test_step_audio2_mini_recipe_validates_on_a_tiny_stand_in(sa2, tmp_path, capsys):
     """recipes/step_audio2_mini_grpo.yaml with the tiny model standing in for the release: `audiorl validate`
     accepts it and reads every row (choices, answer, clip) before any model loads."""
-    import soundfile as sf
-    from audiorl.rl.cli import main
+    from tests.test_omni import assert_mcq_recipe_validates
 
-    rows = []
-    for i, (hz, answer) in enumerate([(300.0, "a low tone"), (1200.0, "a high tone")]):
-        sf.write(tmp_path / f"clip{i}.wav", tone(1.0, hz), SAMPLE_RATE)
-        rows.append({"audio": f"clip{i}.wav", "prompt": "What do you hear?", "choices": ["a low tone", "a high tone"], "answer": answer})
-    for split in ("train", "eval"):
-        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    overrides = [f"model.path={sa2.path}", f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'eval.jsonl'}"]
-    assert main(["validate", "step_audio2_mini_grpo", *overrides]) == 0, capsys.readouterr().err
-    assert "not on this machine" not in capsys.readouterr().out
+    assert_mcq_recipe_validates("step_audio2_mini_grpo", sa2.path, tmp_path, capsys)
 
 
 def test_step_audio2_speech_output_interleaves_1_text_to_4_codes_and_generates(sa2):

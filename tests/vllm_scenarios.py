@@ -15,6 +15,19 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def trainer_prompt_logprobs(lm, embedder, request):
+    """The trainer's log-prob of each prompt token after the first (what vLLM's ``prompt_logprobs`` report)."""
+    import torch
+
+    full = torch.tensor([request.prompt_ids])
+    with torch.no_grad():
+        audio = embedder.audio_embeds(lm.model, list(request.clips))
+        inputs = lm.forward_inputs(lm.model, full, torch.ones_like(full), audio)
+        hidden = lm.language_model(lm.model)(**inputs, use_cache=False).last_hidden_state
+        logp = torch.log_softmax(lm.output_head(lm.model)(hidden)[0, :-1].float(), -1)
+    return logp.gather(-1, full[0, 1:, None])[:, 0]
+
+
 def main() -> None:
     model_dir, data_dir = sys.argv[1], sys.argv[2]
     import torch
@@ -113,13 +126,7 @@ def main() -> None:
             [{"prompt_token_ids": ids, "multi_modal_data": {"audio": (prompt.waves[0], 16000)}}],
             VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False,
         )[0].prompt_logprobs
-        full = torch.tensor([request.prompt_ids])
-        with torch.no_grad():
-            audio = embedder.audio_embeds(lm.model, list(request.clips))
-            inputs = lm.forward_inputs(lm.model, full, torch.ones_like(full), audio)
-            hidden = lm.language_model(lm.model)(**inputs, use_cache=False).last_hidden_state
-            logp = torch.log_softmax(lm.output_head(lm.model)(hidden)[0, :-1].float(), -1)
-        ours = logp.gather(-1, full[0, 1:, None])[:, 0]
+        ours = trainer_prompt_logprobs(lm, embedder, request)
         theirs = torch.tensor([next(iter(d.values())).logprob for d in scored[1:]])
         worst = max(worst, (ours - theirs).abs().max().item())
     out["prompt_logprob_max_abs_diff"] = worst

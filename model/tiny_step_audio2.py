@@ -78,7 +78,11 @@ def build_tiny_step_audio2(out_dir: str, seed: int = 0, spec: TinyStepAudio2Spec
         model.lm_head.weight.normal_(0.0, spec.lm_head_std)  # see TinySpec.lm_head_std
         for conv in (model.encoder.conv1, model.encoder.conv2):
             conv.weight.mul_(AUDIO_CONV_GAIN)
-        model.adapter.linear2.weight.mul_(ADAPTER_OUT_GAIN)
+        # The gain goes in before the adaptor's ReLU (which it commutes with), not on its last Linear: the
+        # model computes the same, but the last Linear starts at the default scale, where an optimizer step
+        # (train_projector) moves the audio embeddings as much as a step moves Qwen2-Audio's projector.
+        model.adapter.linear1.weight.mul_(ADAPTER_OUT_GAIN)
+        model.adapter.linear1.bias.mul_(ADAPTER_OUT_GAIN)
     model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id, bos_token_id=None)
     StepAudio2LM(model, processor).save_pretrained(model, out_dir)
     return os.path.abspath(out_dir)

@@ -8,6 +8,7 @@ compute the loss and its metrics as usual.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -64,8 +65,24 @@ def sft_rows(train_rows: Sequence[dict], config: Any, seed: int) -> list[dict]:
     """The stage's examples: each row's prompt and its completion (the template over its columns)."""
     rows = train_rows[: config.max_samples] if config.max_samples else list(train_rows)
     labels = [row.get("label") for row in rows]
-    if config.shuffle_labels:
-        random.Random(seed).shuffle(labels)
+    if not config.shuffle_labels:
+        return _with_completions(rows, labels, config)
+    # A fresh shuffle per epoch: one fixed shuffle would pair each clip with the same wrong label every
+    # epoch, which a model that hears learns (clip -> random label) and GRPO must then unlearn.
+    rng = random.Random(seed)
+    out = []
+    for _ in range(sft_passes(config)):
+        rng.shuffle(labels)
+        out += _with_completions(rows, labels, config)
+    return out
+
+
+def sft_passes(config: Any) -> int:
+    """Copies of the examples in the stage's data set: one per epoch when labels are shuffled (each its own shuffle)."""
+    return max(1, math.ceil(config.epochs)) if config.shuffle_labels else 1
+
+
+def _with_completions(rows: Sequence[dict], labels: Sequence[Any], config: Any) -> list[dict]:
     out = []
     for row, label in zip(rows, labels):
         values = {**row, "label": label}
@@ -92,7 +109,7 @@ class SFTStage:
         run.apply_lora()
         args = SFTConfig(
             output_dir=os.path.join(run.config.output_dir, "trl_sft"),
-            num_train_epochs=cfg.epochs,
+            num_train_epochs=cfg.epochs / sft_passes(cfg),
             per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
             lr_scheduler_type="constant",

@@ -59,7 +59,7 @@ class OptimizerFields:
 class SFTConfig(StageConfig):
     algorithm: str = "sft"
     completion_template: str = "{completion}"  # formatted with the row's columns
-    shuffle_labels: bool = False  # shuffle `label` across rows: learn the answer format, not the audio
+    shuffle_labels: bool = False  # shuffle `label` across rows, afresh each epoch: learn the answer format, not the audio
     epochs: float = 1.0
     learning_rate: float = 2e-4
     batch_size: int = 8

@@ -21,10 +21,10 @@ from tests.test_end_to_end import read_metrics
 RECIPES = os.path.dirname(QUICKSTART)
 
 
-def run_recipe(tmp_path_factory, name: str) -> tuple[str, str]:
+def run_recipe(tmp_path_factory, name: str, *overrides: str) -> tuple[str, str]:
     out = tmp_path_factory.mktemp(name) / "run"
     proc = subprocess.run(
-        [AUDIORL, "train", os.path.join(RECIPES, f"{name}.yaml"), f"output_dir={out}"], capture_output=True, text=True, timeout=1800
+        [AUDIORL, "train", os.path.join(RECIPES, f"{name}.yaml"), f"output_dir={out}", *overrides], capture_output=True, text=True, timeout=1800
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return str(out), proc.stdout

@@ -33,6 +33,20 @@ def test_shuffled_labels_keep_the_format_and_the_label_counts(tmp_path, tiny_mod
     assert [r["completion"] for r in rows] != targets  # ...not on the same rows
 
 
+def test_shuffled_labels_are_reshuffled_every_epoch(tmp_path, tiny_model_dir, pitch_data):
+    # one shuffle for every epoch would pair each clip with the same wrong label each time: a model that hears learns that
+    s = make_session(tmp_path, tiny_model_dir, pitch_data, **{"stages.sft.epochs": 2.5})
+    rows, n = sft_rows(s), len(s.train_rows)
+    assert len(rows) == 3 * n and SFTStage(s, s.sft).build_trainer().args.num_train_epochs == 2.5 / 3  # 2.5 epochs in all
+    template = s.sft.completion_template
+    passes = [rows[k * n : (k + 1) * n] for k in range(3)]
+    assert all([r["_row"] for r in p] == [r["_row"] for r in s.train_rows] for p in passes)
+    assert all(Counter(r["completion"] for r in p) == Counter(template.format(label=r["label"]) for r in s.train_rows) for p in passes)
+    assert passes[0] != passes[1] != passes[2]
+    s.sft.shuffle_labels = False  # true labels: one copy, the epochs as set
+    assert [r["completion"] for r in sft_rows(s)] == [template.format(label=r["label"]) for r in s.train_rows]
+
+
 def test_collator_masks_the_prompt_and_ends_with_eos(tmp_path, tiny_model_dir, pitch_data):
     s = make_session(tmp_path, tiny_model_dir, pitch_data)
     batch = AudioSFTCollator(s.prompts)(sft_rows(s)[:3])

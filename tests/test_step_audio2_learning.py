@@ -1,10 +1,9 @@
-"""The Step-Audio 2 quickstart end to end through the CLI (transformers rollouts, think mode).
+"""The Step-Audio 2 quickstart learns end to end through the CLI (think mode), with transformers and vLLM rollouts.
 
-What this asserts holds on every seed: the shuffled-label SFT warm start teaches the format but
-leaves held-out accuracy at chance, GRPO runs its 60 steps with every reward applied, the replies
-open with think mode's prefix and the merged save is in the release layout. The learning bar
-(held-out >= 0.95, last-10 sampled reward >= 0.85) is met at only some seeds so far, so it is a
-benchmark (BENCHMARKS.md, `bench/quickstart.py --recipe quickstart_step_audio2`), not a test.
+The shuffled-label SFT warm start teaches the format but leaves held-out accuracy at chance; GRPO
+must then lift held-out greedy accuracy to >= 0.95 with a last-10 mean sampled reward >= 0.85 (the
+quickstart's bars; the other seeds are in BENCHMARKS.md). The replies open with think mode's prefix
+and the merged save is in the release layout.
 """
 
 from __future__ import annotations
@@ -13,27 +12,30 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from tests.test_end_to_end import read_metrics
 from tests.test_learning import run_recipe
 
 
-@pytest.fixture(scope="module")
-def learned(tmp_path_factory):
-    return run_recipe(tmp_path_factory, "quickstart_step_audio2")
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def learned(request, tmp_path_factory):
+    return run_recipe(tmp_path_factory, "quickstart_step_audio2", f"rollout.backend={request.param}")
 
 
 @pytest.mark.slow
-def test_step_audio2_quickstart_warm_starts_at_chance_and_runs_grpo(learned):
+def test_step_audio2_quickstart_lifts_heldout_accuracy_and_sampled_reward(learned):
     out, stdout = learned
     rows = read_metrics(out)
     evals = [r for r in rows if r["stage"] == "eval"]
     steps = [r for r in rows if r["stage"] == "grpo"]
     assert evals[0]["step"] == 0 and 0.35 <= evals[0]["eval/label_accuracy"] <= 0.65  # shuffled-label SFT: chance
     assert evals[0]["eval/cot_format"] == 1.0  # ... but the format is learnt
-    assert len(steps) == 60 and all(math.isfinite(r["reward"]) and r["rewards/label_accuracy/mean"] >= 0 for r in steps)
-    assert evals[-1]["step"] == 60 and "sampled reward grpo" in stdout
+    assert len(steps) == 60 and all(math.isfinite(r["reward"]) for r in steps)
+    assert evals[-1]["step"] == 60 and evals[-1]["eval/label_accuracy"] >= 0.95
+    first, last = np.mean([r["reward"] for r in steps[:10]]), np.mean([r["reward"] for r in steps[-10:]])
+    assert last >= 0.85 and last > first and "sampled reward grpo" in stdout
 
 
 @pytest.mark.slow

@@ -139,6 +139,22 @@ def _thinker_config(family: str, tok, tokens: OmniTokens, spec: TinySpec) -> dic
     return config
 
 
+def _center_audio_output(lm, model, seed: int) -> None:
+    """Subtract the random tower's mean output (over noise clips) from its last bias.
+
+    Qwen3's tower ends in Linear -> GELU -> Linear: the GELU's positive mean becomes one shared vector in every
+    audio embedding, ~6x the part that differs between a 300 Hz and a 1 kHz tone, and after the language
+    model's RMSNorm little of the audio is left to tell apart. A trained tower has no such offset.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    noise = [(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(8)]
+    with torch.no_grad():
+        mean = torch.cat(lm.encode(model, noise)).mean(0)
+        model.audio_tower.proj2.bias.sub_(mean)
+
+
 def build_tiny_omni(out_dir: str, family: str = "qwen2_5_omni", seed: int = 0, spec: TinySpec = TinySpec()) -> str:
     """Write a tiny random Omni thinker of ``family`` (model, tokenizer, processor parts) to ``out_dir``; returns it."""
     import transformers
@@ -167,16 +183,20 @@ def build_tiny_omni(out_dir: str, family: str = "qwen2_5_omni", seed: int = 0, s
                 # random tower barely tells a 300 Hz tone from a 1 kHz one (mean embeddings: nearest-centroid
                 # accuracy 0.5 on the pitch set); with this gain it is 1.0, like the tiny Qwen2-Audio's.
                 param.mul_(AUDIO_CONV_GAIN)
-            if name == "audio_tower.proj2.weight":
+            if name in ("audio_tower.proj1.weight", "audio_tower.proj1.bias"):
                 # Qwen3's tower ends in two projections; at the default init its embeddings (std ~0.01) sit below
                 # the text embeddings' (0.02) and barely move the residual stream. This puts them near 0.1, where
-                # the other tiny families' audio embeddings are.
+                # the other tiny families' audio embeddings are. The gain goes in before the last projection, not
+                # on it: proj2 (what train_projector trains) then starts at the default scale, where an optimizer
+                # step moves the audio embeddings as much as a step moves Qwen2-Audio's projector.
                 param.mul_(AUDIO_OUT_GAIN)
             if name.endswith("mlp.gate.weight"):
                 # A decisive router. At the default init the top-2 of 4 experts are often separated by ~1e-6, so
                 # float noise between two correct implementations (vLLM vs transformers, padded vs not) flips
                 # which experts a token uses; trained routers are far from ties.
                 param.normal_(0.0, ROUTER_STD)
+    if family == "qwen3_omni_moe":
+        _center_audio_output(lm_cls(model, processor), model, seed)
     eos_ids = thinker_config.text_config.eos_token_id
     pad_id = thinker_config.text_config.pad_token_id
     thinker_config.eos_token_id = eos_ids[0]  # what the tokenizer calls eos (Trainer re-aligns them otherwise)

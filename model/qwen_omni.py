@@ -262,5 +262,5 @@ class Qwen3OmniLM(OmniThinkerLM):
     @property
     def lora_target_regex(self) -> str:
         # Attention by default: the experts are fused 3-D parameters, and LoRA on them is opt-in
-        # (``lora.target_modules`` / PEFT ``target_parameters``); the router stays frozen.
+        # (``lora.target_parameters``, PEFT's ``target_parameters``); the router stays frozen.
         return text_layers_regex(ATTENTION_PROJ)

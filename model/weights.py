@@ -13,6 +13,7 @@ import re
 import torch
 from torch import nn
 
+_BASE_LAYERS = re.compile(r"(\.base_layer)+\.")
 _OTHER_ADAPTER = re.compile(r"\.(lora_[A-Za-z_]+|modules_to_save|lora_magnitude_vector)\.")
 
 
@@ -45,7 +46,10 @@ def merged_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[st
     for name, module in inner.named_modules():
         if isinstance(module, LoraLayer) and adapter in getattr(module, "lora_A", {}):
             if not module.merged:  # a merged layer already holds W + delta
-                deltas[f"{name}.weight"] = module.get_delta_weight(adapter)
+                # PEFT's ParamWrapper (target_parameters, e.g. fused MoE experts) adapts one named nn.Parameter;
+                # two on one module nest, each wrapping the other as its base_layer
+                param = getattr(module, "parameter_name", None) or "weight"
+                deltas[_BASE_LAYERS.sub(".", f"{name}.{param}")] = module.get_delta_weight(adapter)
     state: dict[str, torch.Tensor] = {}
     saved = f".modules_to_save.{adapter}."
     trained_copies: set[str] = set()  # modules_to_save: the adapter's trained copy replaces the module
@@ -56,14 +60,13 @@ def merged_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[st
             continue
         if ".original_module." in key or _OTHER_ADAPTER.search(key):
             continue  # frozen copies of modules_to_save, adapter matrices (ours and e.g. TRL's "ref" copy)
-        clean = key.replace(".base_layer.", ".")
-        state.setdefault(clean, value)
+        state.setdefault(_BASE_LAYERS.sub(".", key), value)
     for key, delta in deltas.items():
         state[key] = state[key] + delta.to(state[key].dtype)
     if trainable_only:
         keep = set(deltas) | trained_copies
         for key, param in inner.named_parameters():
             if param.requires_grad and not _OTHER_ADAPTER.search(key) and ".original_module." not in key:
-                keep.add(key.replace(".base_layer.", "."))
+                keep.add(_BASE_LAYERS.sub(".", key))
         state = {k: v for k, v in state.items() if k in keep}
     return state

@@ -52,6 +52,9 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: Optional[str] = None  # regex over module names; default: the language model's projections
+    # parameter names (suffixes) LoRA also adapts as PEFT's target_parameters: a transformers-5 MoE's fused experts,
+    # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj] (Qwen3-Omni; opt-in, attention is the family default)
+    target_parameters: Optional[list[str]] = None
 
 
 @dataclass

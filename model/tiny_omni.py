@@ -195,11 +195,12 @@ def build_tiny_omni(out_dir: str, family: str = "qwen2_5_omni", seed: int = 0, s
                 # float noise between two correct implementations (vLLM vs transformers, padded vs not) flips
                 # which experts a token uses; trained routers are far from ties.
                 param.normal_(0.0, ROUTER_STD)
+    lm = lm_cls(model, processor)
     if family == "qwen3_omni_moe":
-        _center_audio_output(lm_cls(model, processor), model, seed)
+        _center_audio_output(lm, model, seed)
     eos_ids = thinker_config.text_config.eos_token_id
     pad_id = thinker_config.text_config.pad_token_id
     thinker_config.eos_token_id = eos_ids[0]  # what the tokenizer calls eos (Trainer re-aligns them otherwise)
     model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id, bos_token_id=None)
-    lm_cls(model, processor).save_pretrained(model, out_dir)
+    lm.save_pretrained(model, out_dir)
     return os.path.abspath(out_dir)

@@ -30,6 +30,24 @@ def run_recipe(tmp_path_factory, name: str, *overrides: str) -> tuple[str, str]:
     return str(out), proc.stdout
 
 
+def assert_meets_the_bar(out: str, stage: str, n_steps: int | None = None) -> tuple[list[dict], list[dict], str, float]:
+    """The quickstarts' bar on a run's metrics: held-out greedy accuracy from chance (the shuffled-label SFT
+    warm start) to >= 0.95, and a last-10 mean sampled reward >= 0.85 above the first 10's. ``n_steps``: the
+    stage's step count, also that of the last evaluation. Returns the evaluations, the stage's steps, the
+    accuracy key and the last-10 mean."""
+    rows = read_metrics(out)
+    evals = [r for r in rows if r["stage"] == "eval"]
+    steps = [r for r in rows if r["stage"] == stage]
+    accuracy = next(k for k in evals[0] if "accuracy" in k)
+    assert evals[0]["step"] == 0 and 0.35 <= evals[0][accuracy] <= 0.65  # SFT on shuffled labels: chance
+    assert evals[-1][accuracy] >= 0.95
+    if n_steps is not None:
+        assert len(steps) == n_steps and evals[-1]["step"] == n_steps
+    first, last = np.mean([r["reward"] for r in steps[:10]]), np.mean([r["reward"] for r in steps[-10:]])
+    assert last >= 0.85 and last > first
+    return evals, steps, accuracy, last
+
+
 @pytest.fixture(scope="module", params=["quickstart_ppo", "quickstart_dpo", "quickstart_dpo_offline"])
 def learned(request, tmp_path_factory):
     out, stdout = run_recipe(tmp_path_factory, request.param)
@@ -40,15 +58,8 @@ def learned(request, tmp_path_factory):
 def test_heldout_accuracy_and_sampled_reward_rise(learned):
     name, out, stdout = learned
     stage = {"quickstart_ppo": "ppo"}.get(name, "dpo")
-    rows = read_metrics(out)
-    evals = [r for r in rows if r["stage"] == "eval"]
-    steps = [r for r in rows if r["stage"] == stage]
-    accuracy = next(k for k in evals[0] if "accuracy" in k)
-    assert evals[0]["step"] == 0 and 0.35 <= evals[0][accuracy] <= 0.65  # SFT on shuffled labels: chance
-    assert evals[-1][accuracy] >= 0.95
+    evals, steps, accuracy, last = assert_meets_the_bar(out, stage)
     assert all("reward" in r for r in steps)
-    first, last = np.mean([r["reward"] for r in steps[:10]]), np.mean([r["reward"] for r in steps[-10:]])
-    assert last >= 0.85 and last > first
     assert "before" in stdout and "after" in stdout and accuracy in stdout and f"sampled reward {stage}" in stdout
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["after"][accuracy] == evals[-1][accuracy] and summary["sampled_reward_last10"] == pytest.approx(last)
